@@ -1,0 +1,80 @@
+#include "state-codecs/message.h"
+
+#include <capnp/serialize.h>
+#include <kj/exception.h>
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace vgpu::codec {
+
+std::vector<uint8_t> EncodeMessageBytes(capnp::MessageBuilder& builder) {
+  kj::Array<capnp::word> words = capnp::messageToFlatArray(builder);
+  kj::ArrayPtr<const kj::byte> bytes = words.asBytes();
+  return std::vector<uint8_t>(bytes.begin(), bytes.end());
+}
+
+namespace internal {
+
+absl::Status DecodeIntoBuilder(
+    absl::Span<const uint8_t> bytes, const MessageLimits& limits,
+    void (*copy)(capnp::MessageReader&, capnp::MallocMessageBuilder&),
+    capnp::MallocMessageBuilder& out) {
+  if (bytes.size() > limits.max_bytes) {
+    return absl::DataLossError(absl::StrFormat(
+        "message of %u bytes exceeds the %u-byte limit", bytes.size(),
+        limits.max_bytes));
+  }
+  if (bytes.size() < 8 || bytes.size() % 8 != 0) {
+    return absl::DataLossError(absl::StrFormat(
+        "message length %u is not a positive multiple of 8", bytes.size()));
+  }
+  // Check the segment table ourselves first, so that a count like
+  // 0xFFFFFFFF is refused before Cap'n Proto sizes anything from it.
+  uint32_t count_minus_one;
+  std::memcpy(&count_minus_one, bytes.data(), 4);
+  uint64_t segments = uint64_t{count_minus_one} + 1;
+  if (segments > limits.max_segments) {
+    return absl::DataLossError(absl::StrFormat(
+        "message has %u segments, limit %u", segments, limits.max_segments));
+  }
+  uint64_t table_words = (4 + 4 * segments + 7) / 8;
+  if (table_words * 8 > bytes.size()) {
+    return absl::DataLossError("message ends inside its segment table");
+  }
+  uint64_t body_words = 0;
+  for (uint64_t i = 0; i < segments; ++i) {
+    uint32_t seg;
+    std::memcpy(&seg, bytes.data() + 4 + 4 * i, 4);
+    body_words += seg;
+  }
+  if ((table_words + body_words) * 8 != bytes.size()) {
+    return absl::DataLossError(absl::StrFormat(
+        "segment table declares %u bytes, message has %u",
+        (table_words + body_words) * 8, bytes.size()));
+  }
+
+  // Cap'n Proto reads words in place: give it an aligned copy.
+  kj::Array<capnp::word> aligned =
+      kj::heapArray<capnp::word>(bytes.size() / 8);
+  std::memcpy(aligned.begin(), bytes.data(), bytes.size());
+  capnp::ReaderOptions options;
+  options.nestingLimit = limits.nesting_limit;
+  options.traversalLimitInWords =
+      uint64_t{limits.traversal_factor} * (bytes.size() / 8) + 64;
+
+  kj::Maybe<kj::Exception> error = kj::runCatchingExceptions([&] {
+    capnp::FlatArrayMessageReader reader(aligned, options);
+    copy(reader, out);
+  });
+  KJ_IF_MAYBE(e, error) {
+    return absl::DataLossError(
+        absl::StrCat("malformed message: ", e->getDescription().cStr()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace internal
+}  // namespace vgpu::codec
