@@ -367,6 +367,7 @@ absl::Status ImageReader::Impl::Consume(enum Consume mode,
     // Payload bytes: into a buffer the decoding job owns.
     auto owned = std::make_shared<std::vector<uint8_t>>(h.payload_len);
     s = ReadExact(absl::MakeSpan(*owned), "chunk payload", at);
+    XXH3_64bits_update(&stream_digest, owned->data(), owned->size());
     if (s.ok() && mode == Consume::kBuffer && current.raw_bytes > out->size()) {
       if (current.raw_bytes > max_bytes) {
         s = Fail(absl::StatusCode::kResourceExhausted, at,

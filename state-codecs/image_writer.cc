@@ -85,6 +85,9 @@ struct ImageWriter::Impl {
     XXH3_64bits_update(&stream_digest, hdr, sizeof(hdr));
     if (h.kind == static_cast<uint8_t>(FrameKind::kChunk)) {
       XXH3_64bits_update(&section_digest, hdr, sizeof(hdr));
+      // Chunk checksums cover raw bytes; this covers the stored form too,
+      // so that a flip the decoder happens to ignore is still caught.
+      XXH3_64bits_update(&stream_digest, payload.data(), payload.size());
     }
     offset += sizeof(hdr) + payload.size();
     ++frames;
