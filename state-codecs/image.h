@@ -132,6 +132,9 @@ class ImageReader {
   // if `verify`, otherwise checks frame headers only.
   absl::Status SkipSection(bool verify);
 
+  // Called on the reading thread after each chunk frame, for progress bars.
+  void set_progress(std::function<void(const StreamStats&)> progress);
+
   // Available after NextSection() returned nullopt.
   const SectionIndex& index() const;
   const StreamStats& stats() const;

@@ -118,6 +118,7 @@ struct ImageReader::Impl {
   uint64_t declared = 0;
   std::vector<uint8_t> payload;  // reused
   std::vector<uint8_t> scratch;  // reused
+  std::function<void(const StreamStats&)> progress;
 
   // Every error goes through here: it names the stream, the section and the
   // byte offset, and makes the reader unusable afterwards.
@@ -345,6 +346,7 @@ absl::Status ImageReader::Impl::Consume(enum Consume mode,
     ++stats.chunks;
     stats.raw_bytes += h.raw_len;
     stats.stored_bytes = offset + h.payload_len;
+    if (progress) progress(stats);
     const ChunkCodec codec = static_cast<ChunkCodec>(h.codec);
     if (codec == ChunkCodec::kZero) {
       stats.zero_bytes += h.raw_len;
@@ -607,6 +609,10 @@ absl::StatusOr<std::unique_ptr<ImageReader>> ImageReader::Open(
 
 const Manifest& ImageReader::manifest() const { return impl_->manifest; }
 const SectionIndex& ImageReader::index() const { return impl_->index; }
+void ImageReader::set_progress(
+    std::function<void(const StreamStats&)> progress) {
+  impl_->progress = std::move(progress);
+}
 const StreamStats& ImageReader::stats() const { return impl_->stats; }
 uint64_t ImageReader::offset() const { return impl_->offset; }
 
