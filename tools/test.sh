@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: installs what is missing, builds
+# everything, runs every test target, runs each fuzz target for a bounded
+# time, and ends with "N passed, N failed" counted from the real results.
+# Usage: tools/test.sh [FUZZ_SECONDS_PER_TARGET]   (default 20; 0 skips fuzzing)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+fuzz_seconds="${1:-20}"
+
+say() { printf '\n== %s\n' "$*"; }
+
+say "setup"
+tools/setup.sh || exit 1
+
+log="$(mktemp /tmp/vgpu-test.XXXXXX.log)"
+# A disk cache shared by every clone on this machine keeps CI runs warm.
+cache_flags=(--disk_cache="$HOME/.cache/vgpu-migrate/bazel-disk")
+
+say "build and test (bazel test //...; GPU tests are excluded: this machine has no GPU)"
+bazel test "${cache_flags[@]}" --test_summary=short --test_output=errors \
+  --test_tag_filters=-gpu --build_tests_only=false //... 2>&1 | tee "$log" \
+  | grep -vE 'linux-sandbox|^\s+\(cd |^\s+exec env|^\s+PATH='
+bazel_rc=${PIPESTATUS[0]}
+
+if [ "$fuzz_seconds" != "0" ]; then
+  say "fuzz each decoder for ${fuzz_seconds}s (libFuzzer + AddressSanitizer)"
+  tools/fuzz.sh "$fuzz_seconds" 2>&1 | tee -a "$log" | grep -E '^(FUZZ|fuzz:)' || true
+else
+  echo "fuzzing skipped: FUZZ_SECONDS_PER_TARGET is 0" | tee -a "$log"
+fi
+
+
+say "results"
+python3 tools/count_tests.py "$log"
+count_rc=$?
+if [ "$bazel_rc" -ne 0 ] && [ "$count_rc" -eq 0 ]; then
+  echo "bazel exited with $bazel_rc although no test failed (a build error?); see $log"
+  echo "0 passed, 1 failed"
+  exit 1
+fi
+exit "$count_rc"
