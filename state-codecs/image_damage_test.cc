@@ -4,8 +4,13 @@
 #include <gtest/gtest.h>
 #include <zstd.h>
 
+#include <malloc.h>
+
+#include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <map>
+#include <new>
 
 #include "state-codecs/image.h"
 #include "state-codecs/internal/frame.h"
@@ -15,8 +20,46 @@
 #define XXH_INLINE_ALL
 #include "xxhash.h"
 
+// Counts heap bytes allocated through operator new, so tests can assert that
+// hostile lengths never turn into big allocations.
+namespace {
+std::atomic<size_t> g_live{0};
+std::atomic<size_t> g_peak{0};
+
+void* CountedAlloc(size_t n) {
+  void* p = std::malloc(n == 0 ? 1 : n);
+  if (p == nullptr) throw std::bad_alloc();
+  size_t live = g_live += malloc_usable_size(p);
+  size_t peak = g_peak.load();
+  while (live > peak && !g_peak.compare_exchange_weak(peak, live)) {
+  }
+  return p;
+}
+void CountedFree(void* p) {
+  if (p == nullptr) return;
+  g_live -= malloc_usable_size(p);
+  std::free(p);
+}
+}  // namespace
+
+void* operator new(size_t n) { return CountedAlloc(n); }
+void* operator new[](size_t n) { return CountedAlloc(n); }
+void operator delete(void* p) noexcept { CountedFree(p); }
+void operator delete[](void* p) noexcept { CountedFree(p); }
+void operator delete(void* p, size_t) noexcept { CountedFree(p); }
+void operator delete[](void* p, size_t) noexcept { CountedFree(p); }
+
 namespace vgpu::codec {
 namespace {
+
+// Heap bytes allocated at the peak of `fn`, above what was live before it.
+template <typename F>
+size_t PeakHeapDuring(F fn) {
+  size_t base = g_live.load();
+  g_peak = base;
+  fn();
+  return g_peak.load() - base;
+}
 
 using internal::FrameHeader;
 using internal::FrameKind;
@@ -157,7 +200,9 @@ TEST(DamageTest, InflatedLengthsAreRefusedBeforeAllocating) {
     FrameHeader h = frames[0].header;
     h.payload_len = 0xfffffff0u;
     Rewrite(bad, frames[0], h);
-    absl::Status s = ReadChecked(bad, nullptr);
+    absl::Status s;
+    size_t peak = PeakHeapDuring([&] { s = ReadChecked(bad, nullptr); });
+    EXPECT_LT(peak, 4u << 20) << "a 4 GiB claim must not be believed";
     EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
     EXPECT_THAT(s.message(), HasSubstr("limit"));
     EXPECT_THAT(s.message(), HasSubstr("byte 16"));
@@ -171,7 +216,9 @@ TEST(DamageTest, InflatedLengthsAreRefusedBeforeAllocating) {
     FrameHeader h = f.header;
     h.payload_len = 0xfffffff0u;
     Rewrite(bad, f, h);
-    absl::Status s = ReadChecked(bad, nullptr);
+    absl::Status s;
+    size_t peak = PeakHeapDuring([&] { s = ReadChecked(bad, nullptr); });
+    EXPECT_LT(peak, 4u << 20);
     EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
     EXPECT_THAT(s.message(), HasSubstr(absl::StrCat("byte ", f.offset)));
     // Raw length past the section's declared size.
@@ -179,7 +226,8 @@ TEST(DamageTest, InflatedLengthsAreRefusedBeforeAllocating) {
     h = f.header;
     h.raw_len = 1ull << 40;
     Rewrite(bad, f, h);
-    s = ReadChecked(bad, nullptr);
+    peak = PeakHeapDuring([&] { s = ReadChecked(bad, nullptr); });
+    EXPECT_LT(peak, 4u << 20);
     EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
     EXPECT_THAT(s.message(), AnyOf(HasSubstr("runs past"),
                                    HasSubstr("bounds"),
@@ -338,7 +386,10 @@ TEST(DamageTest, ZstdBombIsRejectedWithBoundedMemory) {
   b.Begin(1, h.builder());
   b.Chunk(ChunkCodec::kZstd, frame, 4096, ChunkChecksum(big));
   b.End();
-  absl::Status s = ReadChecked(b.Finish({"bomb"}), nullptr);
+  std::vector<uint8_t> bomb = b.Finish({"bomb"});
+  absl::Status s;
+  size_t peak = PeakHeapDuring([&] { s = ReadChecked(bomb, nullptr); });
+  EXPECT_LT(peak, 1u << 20) << "the bomb inflated";
   EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
   EXPECT_THAT(s.message(), HasSubstr("declares 67108864 content bytes"));
   EXPECT_THAT(s.message(), HasSubstr("section 1 'bomb'"));
@@ -356,7 +407,9 @@ TEST(DamageTest, ZstdBombIsRejectedWithBoundedMemory) {
   b2.Begin(1, h.builder());
   b2.Chunk(ChunkCodec::kZstd, unsized, 4096, ChunkChecksum(big));
   b2.End();
-  s = ReadChecked(b2.Finish({"bomb"}), nullptr);
+  std::vector<uint8_t> bomb2 = b2.Finish({"bomb"});
+  peak = PeakHeapDuring([&] { s = ReadChecked(bomb2, nullptr); });
+  EXPECT_LT(peak, 1u << 20) << "the bomb inflated";
   EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
   EXPECT_THAT(s.message(), HasSubstr("unknown"));
 }
