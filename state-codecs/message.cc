@@ -1,5 +1,6 @@
 #include "state-codecs/message.h"
 
+#include <capnp/dynamic.h>
 #include <capnp/serialize.h>
 #include <kj/exception.h>
 
@@ -17,9 +18,36 @@ std::vector<uint8_t> EncodeMessageBytes(capnp::MessageBuilder& builder) {
 }
 
 namespace internal {
+namespace {
+
+// Touches every field the schema knows, the way typed accessors would; Cap'n
+// Proto throws on any pointer whose target does not fit the field's type.
+void Walk(const capnp::DynamicValue::Reader& value) {
+  switch (value.getType()) {
+    case capnp::DynamicValue::STRUCT: {
+      capnp::DynamicStruct::Reader s = value.as<capnp::DynamicStruct>();
+      KJ_IF_MAYBE(field, s.which()) { Walk(s.get(*field)); }
+      for (capnp::StructSchema::Field field : s.getSchema().getNonUnionFields()) {
+        Walk(s.get(field));
+      }
+      break;
+    }
+    case capnp::DynamicValue::LIST:
+      for (capnp::DynamicValue::Reader element :
+           value.as<capnp::DynamicList>()) {
+        Walk(element);
+      }
+      break;
+    default:  // text and data were checked by get(); scalars need nothing
+      break;
+  }
+}
+
+}  // namespace
 
 absl::Status DecodeIntoBuilder(
     absl::Span<const uint8_t> bytes, const MessageLimits& limits,
+    capnp::StructSchema schema,
     void (*copy)(capnp::MessageReader&, capnp::MallocMessageBuilder&),
     capnp::MallocMessageBuilder& out) {
   if (bytes.size() > limits.max_bytes) {
@@ -68,6 +96,7 @@ absl::Status DecodeIntoBuilder(
   kj::Maybe<kj::Exception> error = kj::runCatchingExceptions([&] {
     capnp::FlatArrayMessageReader reader(aligned, options);
     copy(reader, out);
+    Walk(out.getRoot<capnp::DynamicStruct>(schema).asReader());
   });
   KJ_IF_MAYBE(e, error) {
     return absl::DataLossError(

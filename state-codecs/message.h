@@ -6,6 +6,7 @@
 #define VGPU_STATE_CODECS_MESSAGE_H_
 
 #include <capnp/message.h>
+#include <capnp/schema.h>
 
 #include <cstdint>
 #include <memory>
@@ -45,10 +46,13 @@ class Message {
 std::vector<uint8_t> EncodeMessageBytes(capnp::MessageBuilder& builder);
 
 namespace internal {
-// Validates the segment table and returns a reader-owned aligned copy;
-// used by DecodeMessage below.
+// Validates the segment table, copies the message into `out` within the
+// limits, then reads every field of the copy through `schema` so that a
+// pointer of the wrong type (a list where text belongs, text without its
+// NUL) fails here and not at some later typed access. Used by DecodeMessage.
 absl::Status DecodeIntoBuilder(
     absl::Span<const uint8_t> bytes, const MessageLimits& limits,
+    capnp::StructSchema schema,
     void (*copy)(capnp::MessageReader&, capnp::MallocMessageBuilder&),
     capnp::MallocMessageBuilder& out);
 }  // namespace internal
@@ -60,7 +64,7 @@ absl::StatusOr<Message<T>> DecodeMessage(absl::Span<const uint8_t> bytes,
                                          const MessageLimits& limits) {
   Message<T> msg;
   absl::Status s = internal::DecodeIntoBuilder(
-      bytes, limits,
+      bytes, limits, capnp::Schema::from<T>(),
       [](capnp::MessageReader& in, capnp::MallocMessageBuilder& out) {
         out.setRoot(in.getRoot<T>());
       },
