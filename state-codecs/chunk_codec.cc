@@ -88,7 +88,7 @@ absl::Status ChunkEncoder::Encode(absl::Span<const uint8_t> raw,
   if (n >= raw.size()) {
     // Incompressible: storing raw is smaller and decodes at memcpy speed.
     out->codec = ChunkCodec::kStored;
-    out->payload.assign(raw.begin(), raw.end());
+    out->payload.assign(raw);
   } else {
     out->codec = ChunkCodec::kZstd;
     out->payload.resize(n);

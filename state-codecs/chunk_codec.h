@@ -5,7 +5,9 @@
 #ifndef VGPU_STATE_CODECS_CHUNK_CODEC_H_
 #define VGPU_STATE_CODECS_CHUNK_CODEC_H_
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <vector>
 
@@ -27,11 +29,51 @@ const char* ChunkCodecName(ChunkCodec codec);
 uint64_t ChunkChecksum(absl::Span<const uint8_t> raw);
 bool IsAllZero(absl::Span<const uint8_t> raw);
 
+// A growable byte buffer that leaves new bytes uninitialised: payload
+// buffers are overwritten at once, and zero-filling them showed up in
+// profiles. Converts to a span of its current contents.
+class ByteBuffer {
+ public:
+  uint8_t* data() { return data_.get(); }
+  const uint8_t* data() const { return data_.get(); }
+  size_t size() const { return size_; }
+  bool empty() const { return size_ == 0; }
+  void clear() { size_ = 0; }
+  // Keeps the first min(size(), n) bytes; bytes past them are undefined.
+  void resize(size_t n) {
+    if (n > capacity_) {
+      std::unique_ptr<uint8_t[]> bigger(new uint8_t[n]);
+      if (size_ > 0) std::memcpy(bigger.get(), data_.get(), size_);
+      data_ = std::move(bigger);
+      capacity_ = n;
+    }
+    size_ = n;
+  }
+  void reserve(size_t n) {
+    size_t keep = size_;
+    resize(std::max(n, size_));
+    size_ = keep;
+  }
+  void assign(absl::Span<const uint8_t> bytes) {
+    resize(bytes.size());
+    if (!bytes.empty()) std::memcpy(data_.get(), bytes.data(), bytes.size());
+  }
+  absl::Span<uint8_t> span() { return absl::MakeSpan(data_.get(), size_); }
+  operator absl::Span<const uint8_t>() const {
+    return absl::MakeConstSpan(data_.get(), size_);
+  }
+
+ private:
+  std::unique_ptr<uint8_t[]> data_;
+  size_t size_ = 0;
+  size_t capacity_ = 0;
+};
+
 struct EncodedChunk {
   ChunkCodec codec = ChunkCodec::kZero;
   uint64_t raw_len = 0;
-  uint64_t checksum = 0;         // 0 for kZero
-  std::vector<uint8_t> payload;  // empty for kZero
+  uint64_t checksum = 0;  // 0 for kZero
+  ByteBuffer payload;     // empty for kZero
 };
 
 class ChunkEncoder {
@@ -42,7 +84,7 @@ class ChunkEncoder {
   ChunkEncoder(const ChunkEncoder&) = delete;
   ChunkEncoder& operator=(const ChunkEncoder&) = delete;
 
-  // Encodes `raw` (non-empty) into `out`, reusing out->payload's capacity.
+  // Encodes `raw` (non-empty) into `out`, reusing out->payload's memory.
   absl::Status Encode(absl::Span<const uint8_t> raw, EncodedChunk* out);
 
  private:

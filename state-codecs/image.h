@@ -124,10 +124,15 @@ class ImageReader {
   // Reads the current section's data, each chunk verified before `visit`
   // sees it. Chunks are decoded on the calling thread.
   absl::Status ReadChunks(const ChunkVisitor& visit);
-  // Reads the whole current section into memory, decoding chunks on all
-  // worker threads. Fails without returning partial data; refuses sections
-  // larger than `max_bytes`.
+  // Reads the whole current section into a new vector, decoding chunks on
+  // all worker threads. Fails without returning partial data; refuses
+  // sections larger than `max_bytes`.
   absl::StatusOr<std::vector<uint8_t>> ReadSection(uint64_t max_bytes);
+  // Reads the current section into caller memory (already mapped, so no
+  // page faults on the reading thread), decoding on all worker threads.
+  // Returns the section's size; fails (RESOURCE_EXHAUSTED) if it does not
+  // fit. On failure `out` holds partial data the caller must not use.
+  absl::StatusOr<uint64_t> ReadSectionInto(absl::Span<uint8_t> out);
   // Skips the current section's data; decompresses and verifies every chunk
   // if `verify`, otherwise checks frame headers only.
   absl::Status SkipSection(bool verify);

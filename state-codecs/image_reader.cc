@@ -1,5 +1,6 @@
 // ImageReader: walks a framed stream, checking the frame grammar, every
 // bound and every checksum before data is handed out.
+#include <cstring>
 #include <deque>
 #include <thread>
 
@@ -91,6 +92,15 @@ enum class Consume { kSkip, kVerify, kVisit, kBuffer };
 struct Pending {
   std::shared_ptr<internal::Slot<absl::Status>> slot;
   uint64_t frame_offset;
+  std::unique_ptr<ByteBuffer> payload;  // recycled once the job is done
+};
+
+// Where ReadSection/ReadSectionInto put decoded bytes: a caller's span, or
+// a vector that may grow (sections of undeclared size) up to `limit`.
+struct Target {
+  absl::Span<uint8_t> span;
+  std::vector<uint8_t>* vec = nullptr;
+  uint64_t limit = 0;
 };
 
 }  // namespace
@@ -116,8 +126,17 @@ struct ImageReader::Impl {
   std::vector<SeenSection> seen;
   SeenSection current;
   uint64_t declared = 0;
-  std::vector<uint8_t> payload;  // reused
-  std::vector<uint8_t> scratch;  // reused
+  std::vector<uint8_t> payload;  // metadata frames, reused
+  ByteBuffer scratch;            // reused
+  std::vector<ByteBuffer> worker_scratch;                 // one per worker
+  std::vector<std::unique_ptr<ByteBuffer>> free_buffers;  // chunk payloads
+
+  std::unique_ptr<ByteBuffer> TakeBuffer() {
+    if (free_buffers.empty()) return std::make_unique<ByteBuffer>();
+    std::unique_ptr<ByteBuffer> b = std::move(free_buffers.back());
+    free_buffers.pop_back();
+    return b;
+  }
   std::function<void(const StreamStats&)> progress;
 
   // Every error goes through here: it names the stream, the section and the
@@ -287,6 +306,7 @@ struct ImageReader::Impl {
     Pending p = std::move(q.front());
     q.pop_front();
     absl::Status s = p.slot->Wait();
+    free_buffers.push_back(std::move(p.payload));
     if (!s.ok()) return Fail(s.code(), p.frame_offset, s.message());
     return absl::OkStatus();
   }
@@ -300,44 +320,67 @@ struct ImageReader::Impl {
   }
 
   absl::Status Consume(Consume mode, const ChunkVisitor* visit,
-                       std::vector<uint8_t>* out, uint64_t max_bytes);
+                       Target* target);
   absl::Status FinishSection(const FrameHeader& h, uint64_t at);
   absl::Status ReadTrailer(const FrameHeader& index_frame, uint64_t at);
 };
 
 absl::Status ImageReader::Impl::Consume(enum Consume mode,
                                         const ChunkVisitor* visit,
-                                        std::vector<uint8_t>* out,
-                                        uint64_t max_bytes) {
+                                        Target* target) {
   if (state != State::kInSection) {
     return absl::FailedPreconditionError("no section to read");
   }
-  bool parallel = pool != nullptr &&
-                  (mode == Consume::kVerify || mode == Consume::kBuffer);
-  std::deque<Pending> inflight;
+  const bool parallel = pool != nullptr && (mode == Consume::kVerify ||
+                                            mode == Consume::kBuffer);
   const size_t window = static_cast<size_t>(threads) * 4;
+  std::deque<Pending> inflight;
+  auto drain = [&] {
+    absl::Status first = DrainAll(inflight);
+    return first;
+  };
   if (mode == Consume::kBuffer) {
-    if (declared > max_bytes) {
+    if (declared > target->limit) {
       return Fail(absl::StatusCode::kResourceExhausted, offset,
                   absl::StrFormat("section of %u bytes exceeds the %u-byte "
                                   "read limit",
-                                  declared, max_bytes));
+                                  declared, target->limit));
     }
-    out->assign(declared, 0);
+    if (target->vec != nullptr) {
+      target->vec->assign(declared, 0);
+      target->span = absl::MakeSpan(*target->vec);
+    }
   }
+  // Makes room in a growable target; fixed targets only check the limit.
+  auto ensure = [&](uint64_t end, uint64_t at) -> absl::Status {
+    if (end <= target->span.size()) return absl::OkStatus();
+    if (end > target->limit || target->vec == nullptr) {
+      return Fail(absl::StatusCode::kResourceExhausted, at,
+                  absl::StrFormat("section exceeds the %u-byte read limit",
+                                  target->limit));
+    }
+    if (absl::Status s = drain(); !s.ok()) return s;  // workers write there
+    uint64_t grown = std::min<uint64_t>(target->span.size() * 2, target->limit);
+    target->vec->resize(std::max(end, grown), 0);
+    target->span = absl::MakeSpan(*target->vec);
+    return absl::OkStatus();
+  };
+
   for (;;) {
     FrameHeader h;
     uint64_t at;
     absl::Status s = NextFrame(&h, &at);
     if (s.ok() && h.kind == static_cast<uint8_t>(FrameKind::kSectionEnd)) {
-      s = DrainAll(inflight);
+      s = drain();
       if (s.ok()) s = FinishSection(h, at);
-      if (s.ok() && mode == Consume::kBuffer) out->resize(current.raw_bytes);
+      if (s.ok() && mode == Consume::kBuffer && target->vec != nullptr) {
+        target->vec->resize(current.raw_bytes);
+      }
       return s;
     }
     if (s.ok()) s = CheckChunk(h, at);
     if (!s.ok()) {
-      (void)DrainAll(inflight);
+      (void)drain();
       return s;
     }
     const uint64_t chunk_offset = current.raw_bytes;
@@ -348,77 +391,70 @@ absl::Status ImageReader::Impl::Consume(enum Consume mode,
     stats.stored_bytes = offset + h.payload_len;
     if (progress) progress(stats);
     const ChunkCodec codec = static_cast<ChunkCodec>(h.codec);
+    if (mode == Consume::kBuffer) s = ensure(current.raw_bytes, at);
+
     if (codec == ChunkCodec::kZero) {
       stats.zero_bytes += h.raw_len;
-      if (mode == Consume::kVisit) s = (*visit)(chunk_offset, h.raw_len, {});
-      if (mode == Consume::kBuffer && current.raw_bytes > out->size()) {
-        if (current.raw_bytes > max_bytes) {
-          s = Fail(absl::StatusCode::kResourceExhausted, at,
-                   "section exceeds the read limit");
-        } else {
-          s = DrainAll(inflight);  // workers write into *out
-          if (s.ok()) out->resize(current.raw_bytes, 0);
-        }
+      if (s.ok() && mode == Consume::kVisit) {
+        s = (*visit)(chunk_offset, h.raw_len, {});
+      }
+      if (s.ok() && mode == Consume::kBuffer && target->vec == nullptr) {
+        std::memset(target->span.data() + chunk_offset, 0, h.raw_len);
       }
       if (!s.ok()) {
-        (void)DrainAll(inflight);
+        (void)drain();
         return Fail(s, at);
       }
       continue;
     }
-    // Payload bytes: into a buffer the decoding job owns.
-    auto owned = std::make_shared<std::vector<uint8_t>>(h.payload_len);
-    s = ReadExact(absl::MakeSpan(*owned), "chunk payload", at);
-    XXH3_64bits_update(&stream_digest, owned->data(), owned->size());
-    if (s.ok() && mode == Consume::kBuffer && current.raw_bytes > out->size()) {
-      if (current.raw_bytes > max_bytes) {
-        s = Fail(absl::StatusCode::kResourceExhausted, at,
-                 "section exceeds the read limit");
-      } else {
-        s = DrainAll(inflight);
-        // Unknown size: grow geometrically, within the limit.
-        uint64_t grown = std::min<uint64_t>(out->size() * 2, max_bytes);
-        if (s.ok()) out->resize(std::max(current.raw_bytes, grown), 0);
-      }
-    }
+    std::unique_ptr<ByteBuffer> payload = TakeBuffer();
+    payload->resize(h.payload_len);
+    if (s.ok()) s = ReadExact(payload->span(), "chunk payload", at);
     if (!s.ok()) {
-      (void)DrainAll(inflight);
+      (void)drain();
       return s;
     }
-    if (mode == Consume::kSkip) continue;
+    XXH3_64bits_update(&stream_digest, payload->data(), payload->size());
+    if (mode == Consume::kSkip) {
+      free_buffers.push_back(std::move(payload));
+      continue;
+    }
     if (!parallel) {
       absl::Span<uint8_t> dst;
       if (mode == Consume::kBuffer) {
-        dst = absl::MakeSpan(out->data() + chunk_offset, h.raw_len);
+        dst = target->span.subspan(chunk_offset, h.raw_len);
       } else {
         scratch.resize(h.raw_len);
-        dst = absl::MakeSpan(scratch);
+        dst = scratch.span();
       }
-      s = decoder.Decode(codec, *owned, h.checksum, dst);
+      s = decoder.Decode(codec, *payload, h.checksum, dst);
+      free_buffers.push_back(std::move(payload));
       if (s.ok() && mode == Consume::kVisit) {
         s = (*visit)(chunk_offset, h.raw_len, dst);
       }
       if (!s.ok()) return Fail(s, at);
       continue;
     }
-    uint8_t* dst =
-        mode == Consume::kBuffer ? out->data() + chunk_offset : nullptr;
-    Pending p{std::make_shared<internal::Slot<absl::Status>>(), at};
-    pool->Schedule([this, owned, dst, codec, len = h.raw_len,
+    uint8_t* dst = mode == Consume::kBuffer
+                       ? target->span.data() + chunk_offset
+                       : nullptr;
+    Pending p{std::make_shared<internal::Slot<absl::Status>>(), at,
+              std::move(payload)};
+    pool->Schedule([this, in = p.payload.get(), dst, codec, len = h.raw_len,
                     sum = h.checksum, slot = p.slot](int worker) {
+      absl::Span<uint8_t> out;
       if (dst != nullptr) {
-        slot->Set(decoders[worker]->Decode(codec, *owned, sum,
-                                           absl::MakeSpan(dst, len)));
+        out = absl::MakeSpan(dst, len);
       } else {
-        std::vector<uint8_t> tmp(len);
-        slot->Set(decoders[worker]->Decode(codec, *owned, sum,
-                                           absl::MakeSpan(tmp)));
+        worker_scratch[worker].resize(len);
+        out = worker_scratch[worker].span();
       }
+      slot->Set(decoders[worker]->Decode(codec, *in, sum, out));
     });
     inflight.push_back(std::move(p));
     while (inflight.size() > window) {
       if (absl::Status w = WaitOne(inflight); !w.ok()) {
-        (void)DrainAll(inflight);
+        (void)drain();
         return w;
       }
     }
@@ -599,6 +635,7 @@ absl::StatusOr<std::unique_ptr<ImageReader>> ImageReader::Open(
   r.manifest = std::move(*m);
   if (r.threads > 1) {
     r.pool = std::make_unique<internal::WorkPool>(r.threads);
+    r.worker_scratch.resize(r.threads);
     for (int i = 0; i < r.threads; ++i) {
       r.decoders.push_back(std::make_unique<ChunkDecoder>());
     }
@@ -673,22 +710,32 @@ absl::StatusOr<std::optional<SectionHeader>> ImageReader::NextSection() {
 
 absl::Status ImageReader::ReadChunks(const ChunkVisitor& visit) {
   if (!impl_->error.ok()) return impl_->error;
-  return impl_->Consume(Consume::kVisit, &visit, nullptr, 0);
+  return impl_->Consume(Consume::kVisit, &visit, nullptr);
 }
 
 absl::StatusOr<std::vector<uint8_t>> ImageReader::ReadSection(
     uint64_t max_bytes) {
   if (!impl_->error.ok()) return impl_->error;
   std::vector<uint8_t> out;
-  absl::Status s = impl_->Consume(Consume::kBuffer, nullptr, &out, max_bytes);
+  Target target{{}, &out, max_bytes};
+  absl::Status s = impl_->Consume(Consume::kBuffer, nullptr, &target);
   if (!s.ok()) return s;
   return out;
+}
+
+absl::StatusOr<uint64_t> ImageReader::ReadSectionInto(
+    absl::Span<uint8_t> out) {
+  if (!impl_->error.ok()) return impl_->error;
+  Target target{out, nullptr, out.size()};
+  absl::Status s = impl_->Consume(Consume::kBuffer, nullptr, &target);
+  if (!s.ok()) return s;
+  return impl_->current.raw_bytes;
 }
 
 absl::Status ImageReader::SkipSection(bool verify) {
   if (!impl_->error.ok()) return impl_->error;
   return impl_->Consume(verify ? Consume::kVerify : Consume::kSkip, nullptr,
-                        nullptr, 0);
+                        nullptr);
 }
 
 }  // namespace vgpu::codec

@@ -296,3 +296,40 @@ TEST(ImageTest, ReadSectionRespectsTheCallersLimit) {
 
 }  // namespace
 }  // namespace vgpu::codec
+
+namespace vgpu::codec {
+namespace {
+
+TEST(ImageTest, ReadSectionIntoCallerMemoryOverwritesEverything) {
+  MemorySink sink;
+  WriterOptions opts;
+  opts.chunk_size = 8192;
+  auto w = ImageWriter::Create(&sink, SampleManifest(1 << 20), opts);
+  ASSERT_TRUE(w.ok());
+  std::vector<uint8_t> expect = VramLikeBytes(300000, 5);
+  std::fill(expect.begin() + 100000, expect.begin() + 200000, 0);  // zeros
+  ASSERT_TRUE((*w)->AddSection(BlobHeader("v", expect.size()), expect).ok());
+  ASSERT_TRUE((*w)->AddSection(BlobHeader("w", 0), expect).ok());
+  ASSERT_TRUE((*w)->Finish().ok());
+  EXPECT_GT((*w)->stats().zero_bytes, 0u);
+
+  for (int threads : {1, 2}) {
+    MemorySource src(sink.bytes());
+    auto r = ImageReader::Open(&src, {}, threads);
+    ASSERT_TRUE(r.ok());
+    ASSERT_TRUE((*r)->NextSection().ok());
+    std::vector<uint8_t> out(expect.size(), 0xee);  // dirty memory
+    auto n = (*r)->ReadSectionInto(absl::MakeSpan(out));
+    ASSERT_TRUE(n.ok()) << n.status();
+    EXPECT_EQ(*n, expect.size());
+    EXPECT_EQ(out, expect);
+    // An undeclared-size section that does not fit is refused.
+    ASSERT_TRUE((*r)->NextSection().ok());
+    std::vector<uint8_t> small(1000);
+    auto m = (*r)->ReadSectionInto(absl::MakeSpan(small));
+    EXPECT_EQ(m.status().code(), absl::StatusCode::kResourceExhausted);
+  }
+}
+
+}  // namespace
+}  // namespace vgpu::codec

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
 #include <deque>
 #include <random>
 #include <thread>
@@ -26,15 +27,12 @@ using internal::FrameKind;
 
 namespace {
 
-struct ChunkResult {
-  absl::Status status;
-  EncodedChunk chunk;
-};
-
-// One chunk in flight; `owned` keeps copied input alive until encoded.
+// One chunk in flight. Buffers are recycled through the writer's free lists:
+// allocating a fresh 256 KiB buffer per chunk cost a page fault per page.
 struct Job {
-  std::shared_ptr<internal::Slot<ChunkResult>> slot;
-  std::shared_ptr<std::vector<uint8_t>> owned;
+  std::shared_ptr<internal::Slot<absl::Status>> slot;  // null: already done
+  std::unique_ptr<EncodedChunk> chunk;
+  std::unique_ptr<ByteBuffer> input;  // copied input; null when borrowed
 };
 
 struct IndexRow {
@@ -68,9 +66,11 @@ struct ImageWriter::Impl {
   bool in_section = false;
   IndexRow current;
   uint64_t declared = 0;
-  std::vector<uint8_t> pending;  // a partial chunk, copied
-  uint64_t zero_run = 0;         // zero bytes not yet framed
+  std::unique_ptr<ByteBuffer> pending;  // a partial chunk, copied
+  uint64_t zero_run = 0;                // zero bytes not yet framed
   std::deque<Job> inflight;
+  std::vector<std::unique_ptr<EncodedChunk>> free_chunks;
+  std::vector<std::unique_ptr<ByteBuffer>> free_inputs;
 
   absl::Status WriteFrame(const FrameHeader& h,
                           absl::Span<const uint8_t> payload) {
@@ -143,12 +143,36 @@ struct ImageWriter::Impl {
     return WriteFrame(h, c.payload);
   }
 
+  std::unique_ptr<EncodedChunk> TakeChunk() {
+    if (free_chunks.empty()) return std::make_unique<EncodedChunk>();
+    std::unique_ptr<EncodedChunk> c = std::move(free_chunks.back());
+    free_chunks.pop_back();
+    return c;
+  }
+  std::unique_ptr<ByteBuffer> TakeInput() {
+    if (free_inputs.empty()) {
+      auto b = std::make_unique<ByteBuffer>();
+      b->reserve(options.chunk_size);
+      return b;
+    }
+    std::unique_ptr<ByteBuffer> b = std::move(free_inputs.back());
+    free_inputs.pop_back();
+    b->clear();
+    b->reserve(options.chunk_size);
+    return b;
+  }
+  void Recycle(Job& job) {
+    if (job.chunk) free_chunks.push_back(std::move(job.chunk));
+    if (job.input) free_inputs.push_back(std::move(job.input));
+  }
+
   absl::Status PopOne() {
     Job job = std::move(inflight.front());
     inflight.pop_front();
-    ChunkResult& r = job.slot->Wait();
-    if (!r.status.ok()) return r.status;
-    return Emit(r.chunk);
+    absl::Status s = job.slot ? job.slot->Wait() : absl::OkStatus();
+    if (s.ok()) s = Emit(*job.chunk);
+    Recycle(job);
+    return s;
   }
 
   absl::Status Drain() {
@@ -162,35 +186,43 @@ struct ImageWriter::Impl {
   }
 
   // Encodes one chunk: inline when single-threaded, else on the pool. A
-  // borrowed `raw` must stay valid until Drain().
+  // borrowed `raw` (input null) must stay valid until Drain().
   absl::Status Submit(absl::Span<const uint8_t> raw,
-                      std::shared_ptr<std::vector<uint8_t>> owned) {
-    if (pool == nullptr) {
-      thread_local_chunk.payload.clear();
-      if (absl::Status s = encoders[0]->Encode(raw, &thread_local_chunk);
-          !s.ok()) {
+                      std::unique_ptr<ByteBuffer> input) {
+    Job job{nullptr, TakeChunk(), std::move(input)};
+    if (IsAllZero(raw)) {
+      // Cheaper here than a hand-off to a worker.
+      job.chunk->codec = ChunkCodec::kZero;
+      job.chunk->raw_len = raw.size();
+      job.chunk->checksum = 0;
+      job.chunk->payload.clear();
+    } else if (pool == nullptr) {
+      absl::Status s = encoders[0]->Encode(raw, job.chunk.get());
+      if (!s.ok()) {
+        Recycle(job);
         return s;
       }
-      return Emit(thread_local_chunk);
+    } else {
+      job.slot = std::make_shared<internal::Slot<absl::Status>>();
+      pool->Schedule([this, raw, chunk = job.chunk.get(),
+                      slot = job.slot](int worker) {
+        slot->Set(encoders[worker]->Encode(raw, chunk));
+      });
     }
-    Job job{std::make_shared<internal::Slot<ChunkResult>>(), owned};
-    pool->Schedule([this, raw, slot = job.slot](int worker) {
-      ChunkResult r;
-      r.status = encoders[worker]->Encode(raw, &r.chunk);
-      slot->Set(std::move(r));
-    });
     inflight.push_back(std::move(job));
-    while (inflight.size() > window) {
+    // Single-threaded, or nothing queued ahead: emit right away.
+    while (!inflight.empty() &&
+           (inflight.size() > window || !inflight.front().slot)) {
       if (absl::Status s = PopOne(); !s.ok()) return s;
     }
     return absl::OkStatus();
   }
 
   absl::Status SubmitPending() {
-    auto owned = std::make_shared<std::vector<uint8_t>>(std::move(pending));
-    pending = std::vector<uint8_t>();
-    pending.reserve(options.chunk_size);
-    return Submit(absl::MakeConstSpan(*owned), owned);
+    std::unique_ptr<ByteBuffer> input = std::move(pending);
+    pending = TakeInput();
+    absl::Span<const uint8_t> raw = *input;
+    return Submit(raw, std::move(input));
   }
 
   absl::Status Fail(absl::Status s) {
@@ -205,8 +237,6 @@ struct ImageWriter::Impl {
     }
     return error;
   }
-
-  EncodedChunk thread_local_chunk;  // reused by the inline path
 };
 
 ImageWriter::ImageWriter(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -271,7 +301,7 @@ absl::StatusOr<std::unique_ptr<ImageWriter>> ImageWriter::Create(
     impl->pool = std::make_unique<internal::WorkPool>(threads);
     impl->window = static_cast<size_t>(threads) * 4;
   }
-  impl->pending.reserve(options.chunk_size);
+  impl->pending = impl->TakeInput();
   XXH3_64bits_reset(&impl->stream_digest);
 
   uint8_t header[internal::kStreamHeaderBytes];
@@ -335,11 +365,13 @@ absl::Status ImageWriter::Write(absl::Span<const uint8_t> data) {
   bool borrowed = false;
   while (!data.empty()) {
     absl::Status s;
-    if (!w.pending.empty() || data.size() < chunk) {
-      size_t take = std::min(chunk - w.pending.size(), data.size());
-      w.pending.insert(w.pending.end(), data.begin(), data.begin() + take);
+    if (!w.pending->empty() || data.size() < chunk) {
+      size_t have = w.pending->size();
+      size_t take = std::min(chunk - have, data.size());
+      w.pending->resize(have + take);
+      std::memcpy(w.pending->data() + have, data.data(), take);
       data.remove_prefix(take);
-      if (w.pending.size() == chunk) s = w.SubmitPending();
+      if (w.pending->size() == chunk) s = w.SubmitPending();
     } else {
       s = w.Submit(data.subspan(0, chunk), nullptr);
       data.remove_prefix(chunk);
@@ -363,7 +395,7 @@ absl::Status ImageWriter::WriteZeros(uint64_t n) {
   if (!w.error.ok()) return w.error;
   if (!w.in_section) return absl::FailedPreconditionError("no open section");
   absl::Status s;
-  if (!w.pending.empty()) s = w.SubmitPending();
+  if (!w.pending->empty()) s = w.SubmitPending();
   if (s.ok()) s = w.Drain();
   if (!s.ok()) return w.Fail(s);
   w.zero_run += n;
@@ -376,7 +408,7 @@ absl::Status ImageWriter::EndSection() {
   if (!w.error.ok()) return w.error;
   if (!w.in_section) return absl::FailedPreconditionError("no open section");
   absl::Status s;
-  if (!w.pending.empty()) s = w.SubmitPending();
+  if (!w.pending->empty()) s = w.SubmitPending();
   if (s.ok()) s = w.Drain();
   if (s.ok()) s = w.FlushZeroRun();
   if (!s.ok()) return w.Fail(s);
