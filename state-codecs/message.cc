@@ -20,24 +20,48 @@ std::vector<uint8_t> EncodeMessageBytes(capnp::MessageBuilder& builder) {
 namespace internal {
 namespace {
 
+bool IsPointerField(capnp::StructSchema::Field field) {
+  if (!field.getProto().isSlot()) return false;  // a group lives inline
+  switch (field.getType().which()) {
+    case capnp::schema::Type::TEXT:
+    case capnp::schema::Type::DATA:
+    case capnp::schema::Type::LIST:
+    case capnp::schema::Type::STRUCT:
+    case capnp::schema::Type::ANY_POINTER:
+    case capnp::schema::Type::INTERFACE:
+      return true;
+    default:
+      return false;
+  }
+}
+
 // Touches every field the schema knows, the way typed accessors would; Cap'n
 // Proto throws on any pointer whose target does not fit the field's type.
-void Walk(const capnp::DynamicValue::Reader& value) {
+// Null pointers read as defaults and need no walk. `budget` counts structs
+// and list elements visited: a list of millions of empty structs is cheap
+// to encode and must not be expensive to check.
+void Walk(const capnp::DynamicValue::Reader& value, int64_t* budget) {
+  KJ_REQUIRE(--*budget >= 0, "message is too complex to check");
   switch (value.getType()) {
     case capnp::DynamicValue::STRUCT: {
       capnp::DynamicStruct::Reader s = value.as<capnp::DynamicStruct>();
-      KJ_IF_MAYBE(field, s.which()) { Walk(s.get(*field)); }
+      auto visit = [&](capnp::StructSchema::Field field) {
+        if (IsPointerField(field) && !s.has(field)) return;
+        Walk(s.get(field), budget);
+      };
+      KJ_IF_MAYBE(field, s.which()) { visit(*field); }
       for (capnp::StructSchema::Field field : s.getSchema().getNonUnionFields()) {
-        Walk(s.get(field));
+        visit(field);
       }
       break;
     }
-    case capnp::DynamicValue::LIST:
-      for (capnp::DynamicValue::Reader element :
-           value.as<capnp::DynamicList>()) {
-        Walk(element);
-      }
+    case capnp::DynamicValue::LIST: {
+      capnp::DynamicList::Reader list = value.as<capnp::DynamicList>();
+      KJ_REQUIRE(static_cast<int64_t>(list.size()) <= *budget,
+                 "message is too complex to check");
+      for (capnp::DynamicValue::Reader element : list) Walk(element, budget);
       break;
+    }
     default:  // text and data were checked by get(); scalars need nothing
       break;
   }
@@ -96,7 +120,8 @@ absl::Status DecodeIntoBuilder(
   kj::Maybe<kj::Exception> error = kj::runCatchingExceptions([&] {
     capnp::FlatArrayMessageReader reader(aligned, options);
     copy(reader, out);
-    Walk(out.getRoot<capnp::DynamicStruct>(schema).asReader());
+    int64_t budget = static_cast<int64_t>(options.traversalLimitInWords);
+    Walk(out.getRoot<capnp::DynamicStruct>(schema).asReader(), &budget);
   });
   KJ_IF_MAYBE(e, error) {
     return absl::DataLossError(

@@ -28,9 +28,7 @@ void Check(bool ok, const char* what) {
 
 namespace {
 
-uint64_t Mix(uint64_t acc, uint64_t v) {
-  return (acc ^ v) * 0x100000001b3ull;
-}
+uint64_t Mix(uint64_t acc, uint64_t v) { return (acc ^ v) * 0x100000001b3ull; }
 
 uint64_t WalkText(capnp::Text::Reader t) {
   uint64_t acc = t.size();
