@@ -7,7 +7,8 @@
 // "<what>/<data set>/threads:<n>":
 //
 //   encode           ImageWriter, one memory-region section, Finish()
-//   decode           ImageReader::ReadSection into a fresh vector
+//   decode           ImageReader::ReadSectionInto memory that stays mapped
+//   decode_vector    ImageReader::ReadSection into a fresh vector
 //   cli_encode       zstd -1 -T<n> -q -c FILE > /dev/null
 //   cli_encode_st    zstd -1 --single-thread (no I/O threads), for reference
 //   cli_decode       zstd -d -q -c FILE.zst > /dev/null
@@ -24,11 +25,19 @@
 //   checksum         ChunkChecksum (XXH3-64) per chunk
 //   is_all_zero      IsAllZero per chunk
 //
-// Counters: bytes_per_second (raw bytes), ratio (raw / stored bytes) and
-// cores (CPU seconds of this process, or of the zstd child, per wall
-// second). The CLI runs are timed with a steady clock around spawn and wait.
+// Counters: bytes_per_second (raw bytes per wall second), ratio (raw /
+// stored bytes), cores (CPU seconds of this process, or of the zstd child,
+// per wall second) and faults (minor page faults per iteration). The CLI
+// runs are timed with a steady clock around spawn and wait.
 //
-// tools/bench.sh builds this with -c opt, runs it and tabulates the JSON.
+// ReadSection returns a freshly allocated vector each time, so
+// "decode_vector" includes first-touch page faults on the whole section
+// (costly on this VM); "decode" and decode_visit decode into memory that
+// stays mapped, as a destination agent does. The faults counter shows which.
+//
+// Defaults (overridable on the command line): 3 repetitions of at least
+// 0.5 s each, aggregates only on the console. tools/bench.sh builds this with
+// -c opt, runs it and tabulates the JSON.
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/resource.h>
@@ -140,29 +149,49 @@ double ProcessCpuSeconds() {
   return static_cast<double>(ts.tv_sec) + ts.tv_nsec * 1e-9;
 }
 
-// Process CPU time per wall second over the timed loop.
-class CoresMeter {
+long MinorFaults() {
+  rusage u;
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_minflt;
+}
+
+// Process CPU time per wall second, and minor page faults, over the timed
+// loop. On VMs where touching fresh memory is slow the faults explain much.
+class UsageMeter {
  public:
-  CoresMeter()
-      : wall0_(std::chrono::steady_clock::now()), cpu0_(ProcessCpuSeconds()) {}
+  UsageMeter()
+      : wall0_(std::chrono::steady_clock::now()),
+        cpu0_(ProcessCpuSeconds()),
+        faults0_(MinorFaults()) {}
   double Cores() const {
     double wall = Seconds(std::chrono::steady_clock::now() - wall0_);
     return wall > 0 ? (ProcessCpuSeconds() - cpu0_) / wall : 0;
   }
+  double Faults() const { return static_cast<double>(MinorFaults() - faults0_); }
 
  private:
   std::chrono::steady_clock::time_point wall0_;
   double cpu0_;
+  long faults0_;
 };
 
+// bytes_per_second (raw bytes), ratio (raw / stored), cores (CPU seconds per
+// wall second) and faults (minor page faults per iteration).
 void Report(benchmark::State& state, uint64_t raw, uint64_t stored,
-            double cores) {
+            double cores, double faults) {
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * raw));
   if (stored > 0) {
     state.counters["ratio"] =
         static_cast<double>(raw) / static_cast<double>(stored);
   }
   state.counters["cores"] = cores;
+  state.counters["faults"] =
+      benchmark::Counter(faults, benchmark::Counter::kAvgIterations);
+}
+
+void Report(benchmark::State& state, uint64_t raw, uint64_t stored,
+            const UsageMeter& usage) {
+  Report(state, raw, stored, usage.Cores(), usage.Faults());
 }
 
 void Fail(benchmark::State& state, const absl::Status& s) {
@@ -263,16 +292,18 @@ void BM_Encode(benchmark::State& state, DataSet set, int threads) {
   absl::StatusOr<uint64_t> stored =
       EncodeImage(manifest, header, data, threads, &sink);
   if (!stored.ok()) return Fail(state, stored.status());
-  CoresMeter cores;
+  UsageMeter usage;
   for (auto _ : state) {
     stored = EncodeImage(manifest, header, data, threads, &sink);
     if (!stored.ok()) return Fail(state, stored.status());
   }
-  Report(state, data.size(), *stored, cores.Cores());
+  Report(state, data.size(), *stored, usage);
 }
 
+// Decodes into `into` when given (memory that stays mapped, as a
+// destination's VRAM would be), else into a fresh vector via ReadSection.
 absl::Status DecodeImage(absl::Span<const uint8_t> image, uint64_t max_bytes,
-                         int threads) {
+                         int threads, std::vector<uint8_t>* into) {
   MemorySource src(image);
   absl::StatusOr<std::unique_ptr<ImageReader>> reader =
       ImageReader::Open(&src, {}, threads);
@@ -280,13 +311,23 @@ absl::Status DecodeImage(absl::Span<const uint8_t> image, uint64_t max_bytes,
   absl::StatusOr<std::optional<SectionHeader>> header =
       (*reader)->NextSection();
   if (!header.ok()) return header.status();
-  absl::StatusOr<std::vector<uint8_t>> bytes =
-      (*reader)->ReadSection(max_bytes);
-  if (!bytes.ok()) return bytes.status();
-  if (bytes->size() != max_bytes) {
+  uint64_t size = 0;
+  if (into != nullptr) {
+    absl::StatusOr<uint64_t> n = (*reader)->ReadSectionInto(
+        absl::MakeSpan(*into));
+    if (!n.ok()) return n.status();
+    size = *n;
+    benchmark::DoNotOptimize(into->data());
+  } else {
+    absl::StatusOr<std::vector<uint8_t>> bytes =
+        (*reader)->ReadSection(max_bytes);
+    if (!bytes.ok()) return bytes.status();
+    size = bytes->size();
+    benchmark::DoNotOptimize(bytes->data());
+  }
+  if (size != max_bytes) {
     return absl::InternalError("decoded section has the wrong size");
   }
-  benchmark::DoNotOptimize(bytes->data());
   // The index and end-of-stream frame, so the whole image is checked.
   header = (*reader)->NextSection();
   if (!header.ok()) return header.status();
@@ -294,16 +335,30 @@ absl::Status DecodeImage(absl::Span<const uint8_t> image, uint64_t max_bytes,
   return absl::OkStatus();
 }
 
-void BM_Decode(benchmark::State& state, DataSet set, int threads) {
+// decode: into mapped memory (ReadSectionInto), as a destination does.
+// decode_vector: ReadSection's fresh vector, page faults included.
+void BM_DecodeInto(benchmark::State& state, DataSet set, int threads,
+                   bool fresh_vector) {
   const uint64_t raw = Data(set).size();
   const std::vector<uint8_t>& image = EncodedImage(set);
-  CoresMeter cores;
+  std::vector<uint8_t> into(raw, 1);  // faulted in before timing
+  UsageMeter usage;
   for (auto _ : state) {
-    if (absl::Status s = DecodeImage(image, raw, threads); !s.ok()) {
+    if (absl::Status s = DecodeImage(image, raw, threads,
+                                     fresh_vector ? nullptr : &into);
+        !s.ok()) {
       return Fail(state, s);
     }
   }
-  Report(state, raw, image.size(), cores.Cores());
+  Report(state, raw, image.size(), usage);
+}
+
+void BM_Decode(benchmark::State& state, DataSet set, int threads) {
+  BM_DecodeInto(state, set, threads, false);
+}
+
+void BM_DecodeVector(benchmark::State& state, DataSet set, int threads) {
+  BM_DecodeInto(state, set, threads, true);
 }
 
 // ReadChunks on the calling thread, copying into a buffer that stays mapped:
@@ -321,7 +376,7 @@ void BM_DecodeVisit(benchmark::State& state, DataSet set) {
     }
     return absl::OkStatus();
   };
-  CoresMeter cores;
+  UsageMeter usage;
   for (auto _ : state) {
     MemorySource src(image);
     absl::StatusOr<std::unique_ptr<ImageReader>> reader =
@@ -335,7 +390,7 @@ void BM_DecodeVisit(benchmark::State& state, DataSet set) {
     }
     benchmark::DoNotOptimize(out.data());
   }
-  Report(state, raw, image.size(), cores.Cores());
+  Report(state, raw, image.size(), usage);
 }
 
 void BM_ChunkEncode(benchmark::State& state, DataSet set) {
@@ -343,7 +398,7 @@ void BM_ChunkEncode(benchmark::State& state, DataSet set) {
   ChunkEncoder encoder(kLevel);
   EncodedChunk chunk;
   uint64_t stored = 0;
-  CoresMeter cores;
+  UsageMeter usage;
   for (auto _ : state) {
     stored = 0;
     for (uint64_t off = 0; off < data.size(); off += kChunkBytes) {
@@ -354,12 +409,12 @@ void BM_ChunkEncode(benchmark::State& state, DataSet set) {
       stored += chunk.payload.size();
     }
   }
-  Report(state, data.size(), stored, cores.Cores());
+  Report(state, data.size(), stored, usage);
 }
 
 void BM_Checksum(benchmark::State& state, DataSet set) {
   const std::vector<uint8_t>& data = Data(set);
-  CoresMeter cores;
+  UsageMeter usage;
   for (auto _ : state) {
     uint64_t acc = 0;
     for (uint64_t off = 0; off < data.size(); off += kChunkBytes) {
@@ -368,12 +423,12 @@ void BM_Checksum(benchmark::State& state, DataSet set) {
     }
     benchmark::DoNotOptimize(acc);
   }
-  Report(state, data.size(), 0, cores.Cores());
+  Report(state, data.size(), 0, usage);
 }
 
 void BM_IsAllZero(benchmark::State& state, DataSet set) {
   const std::vector<uint8_t>& data = Data(set);
-  CoresMeter cores;
+  UsageMeter usage;
   for (auto _ : state) {
     uint64_t zero = 0;
     for (uint64_t off = 0; off < data.size(); off += kChunkBytes) {
@@ -382,7 +437,7 @@ void BM_IsAllZero(benchmark::State& state, DataSet set) {
     }
     benchmark::DoNotOptimize(zero);
   }
-  Report(state, data.size(), 0, cores.Cores());
+  Report(state, data.size(), 0, usage);
 }
 
 // ---------------------------------------------------------------------------
@@ -418,7 +473,7 @@ void BM_LibEncode(benchmark::State& state, DataSet set) {
   }
   std::vector<uint8_t> dst(ZSTD_compressBound(kChunkBytes), 1);
   uint64_t stored = 0;
-  CoresMeter cores;
+  UsageMeter usage;
   for (auto _ : state) {
     stored = 0;
     for (uint64_t off = 0; off < data.size(); off += kChunkBytes) {
@@ -431,7 +486,7 @@ void BM_LibEncode(benchmark::State& state, DataSet set) {
       stored += n;
     }
   }
-  Report(state, data.size(), stored, cores.Cores());
+  Report(state, data.size(), stored, usage);
 }
 
 void BM_LibEncodeWhole(benchmark::State& state, DataSet set) {
@@ -442,7 +497,7 @@ void BM_LibEncodeWhole(benchmark::State& state, DataSet set) {
   }
   std::vector<uint8_t> dst(ZSTD_compressBound(data.size()), 1);
   uint64_t stored = 0;
-  CoresMeter cores;
+  UsageMeter usage;
   for (auto _ : state) {
     size_t n = ZSTD_compress2(z.cctx, dst.data(), dst.size(), data.data(),
                               data.size());
@@ -451,7 +506,7 @@ void BM_LibEncodeWhole(benchmark::State& state, DataSet set) {
     }
     stored = n;
   }
-  Report(state, data.size(), stored, cores.Cores());
+  Report(state, data.size(), stored, usage);
 }
 
 void BM_LibDecode(benchmark::State& state, DataSet set) {
@@ -475,7 +530,7 @@ void BM_LibDecode(benchmark::State& state, DataSet set) {
     frames.push_back(std::move(f));
   }
   std::vector<uint8_t> out(data.size(), 1);
-  CoresMeter cores;
+  UsageMeter usage;
   for (auto _ : state) {
     uint64_t off = 0;
     for (const std::vector<uint8_t>& f : frames) {
@@ -489,19 +544,19 @@ void BM_LibDecode(benchmark::State& state, DataSet set) {
     }
     benchmark::DoNotOptimize(out.data());
   }
-  Report(state, data.size(), stored, cores.Cores());
+  Report(state, data.size(), stored, usage);
 }
 
 void BM_Memcpy(benchmark::State& state, DataSet set) {
   const std::vector<uint8_t>& data = Data(set);
   std::vector<uint8_t> out(data.size(), 1);  // mapped before timing
-  CoresMeter cores;
+  UsageMeter usage;
   for (auto _ : state) {
     std::memcpy(out.data(), data.data(), data.size());
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   }
-  Report(state, data.size(), 0, cores.Cores());
+  Report(state, data.size(), 0, usage);
 }
 
 // ---------------------------------------------------------------------------
@@ -529,6 +584,7 @@ bool ZstdOnPath() {
 struct ChildRun {
   double wall_seconds = 0;
   double cpu_seconds = 0;  // user + system of the child
+  long minor_faults = 0;
 };
 
 // Runs argv (looked up on PATH) with stdout sent to /dev/null and waits.
@@ -567,6 +623,7 @@ absl::StatusOr<ChildRun> RunChild(const std::vector<std::string>& args) {
   }
   auto tv = [](const timeval& t) { return t.tv_sec + t.tv_usec * 1e-6; };
   run.cpu_seconds = tv(usage.ru_utime) + tv(usage.ru_stime);
+  run.minor_faults = usage.ru_minflt;
   return run;
 }
 
@@ -650,15 +707,16 @@ uint64_t FileSize(const std::string& path) {
 
 void RunCli(benchmark::State& state, const std::vector<std::string>& args,
             uint64_t raw, uint64_t stored) {
-  double cpu = 0, wall = 0;
+  double cpu = 0, wall = 0, faults = 0;
   for (auto _ : state) {
     absl::StatusOr<ChildRun> run = RunChild(args);
     if (!run.ok()) return Fail(state, run.status());
     state.SetIterationTime(run->wall_seconds);
     cpu += run->cpu_seconds;
     wall += run->wall_seconds;
+    faults += static_cast<double>(run->minor_faults);
   }
-  Report(state, raw, stored, wall > 0 ? cpu / wall : 0);
+  Report(state, raw, stored, wall > 0 ? cpu / wall : 0, faults);
 }
 
 constexpr char kNoZstd[] =
@@ -688,34 +746,43 @@ void BM_CliDecode(benchmark::State& state, DataSet set) {
 
 // ---------------------------------------------------------------------------
 
+// Names are "<what>/<data set>/threads:<n>". Rates are per wall-clock
+// second: real time for in-process runs (benchmark's default, the main
+// thread's CPU time, would leave out the workers), the child's wall time for
+// CLI runs.
 template <typename Fn, typename... Args>
-benchmark::internal::Benchmark* Register(const std::string& what, DataSet set,
-                                         int threads, Fn fn, Args... args) {
+benchmark::internal::Benchmark* Register(bool child, const std::string& what,
+                                         DataSet set, int threads, Fn fn,
+                                         Args... args) {
   std::string name =
       absl::StrFormat("%s/%s/threads:%d", what, DataSetName(set), threads);
-  return benchmark::RegisterBenchmark(name.c_str(), fn, set, args...)
-      ->Unit(benchmark::kMillisecond);
+  benchmark::internal::Benchmark* b =
+      benchmark::RegisterBenchmark(name.c_str(), fn, set, args...)
+          ->Unit(benchmark::kMillisecond);
+  return child ? b->UseManualTime() : b->UseRealTime();
 }
 
 void RegisterAll() {
+  constexpr bool kInProcess = false, kChild = true;
   for (DataSet set : kDataSets) {
-    for (int t : {1, 2}) Register("encode", set, t, BM_Encode, t);
-    for (int t : {1, 2}) Register("decode", set, t, BM_Decode, t);
+    for (int t : {1, 2}) Register(kInProcess, "encode", set, t, BM_Encode, t);
+    for (int t : {1, 2}) Register(kInProcess, "decode", set, t, BM_Decode, t);
+    Register(kInProcess, "decode_vector", set, 1, BM_DecodeVector, 1);
     for (int t : {1, 2}) {
-      Register("cli_encode", set, t, BM_CliEncode, t)->UseManualTime();
+      Register(kChild, "cli_encode", set, t, BM_CliEncode, t);
     }
-    Register("cli_encode_st", set, 1, BM_CliEncode, 0)->UseManualTime();
-    Register("cli_decode", set, 1, BM_CliDecode)->UseManualTime();
-    Register("memcpy", set, 1, BM_Memcpy);
+    Register(kChild, "cli_encode_st", set, 1, BM_CliEncode, 0);
+    Register(kChild, "cli_decode", set, 1, BM_CliDecode);
+    Register(kInProcess, "memcpy", set, 1, BM_Memcpy);
   }
   for (DataSet set : kDataSets) {
-    Register("decode_visit", set, 1, BM_DecodeVisit);
-    Register("chunk_encode", set, 1, BM_ChunkEncode);
-    Register("lib_encode", set, 1, BM_LibEncode);
-    Register("lib_encode_whole", set, 1, BM_LibEncodeWhole);
-    Register("lib_decode", set, 1, BM_LibDecode);
-    Register("checksum", set, 1, BM_Checksum);
-    Register("is_all_zero", set, 1, BM_IsAllZero);
+    Register(kInProcess, "decode_visit", set, 1, BM_DecodeVisit);
+    Register(kInProcess, "chunk_encode", set, 1, BM_ChunkEncode);
+    Register(kInProcess, "lib_encode", set, 1, BM_LibEncode);
+    Register(kInProcess, "lib_encode_whole", set, 1, BM_LibEncodeWhole);
+    Register(kInProcess, "lib_decode", set, 1, BM_LibDecode);
+    Register(kInProcess, "checksum", set, 1, BM_Checksum);
+    Register(kInProcess, "is_all_zero", set, 1, BM_IsAllZero);
   }
 }
 
