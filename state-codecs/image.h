@@ -104,6 +104,19 @@ class ImageWriter {
 using ChunkVisitor = std::function<absl::Status(
     uint64_t offset, uint64_t length, absl::Span<const uint8_t> data)>;
 
+// A verified chunk together with its stored form, for consumers that keep
+// chunks as they arrived (the checkpoint store). Spans live until the
+// visitor returns.
+struct ChunkView {
+  uint64_t offset = 0;
+  uint64_t length = 0;
+  ChunkCodec codec = ChunkCodec::kZero;
+  uint64_t checksum = 0;
+  absl::Span<const uint8_t> payload;  // stored bytes; empty for zero runs
+  absl::Span<const uint8_t> raw;      // verified bytes; empty for zero runs
+};
+using ChunkViewVisitor = std::function<absl::Status(const ChunkView&)>;
+
 class ImageReader {
  public:
   // Reads and checks the stream header and the manifest. `source` must
@@ -124,6 +137,8 @@ class ImageReader {
   // Reads the current section's data, each chunk verified before `visit`
   // sees it. Chunks are decoded on the calling thread.
   absl::Status ReadChunks(const ChunkVisitor& visit);
+  // As ReadChunks, with each chunk's stored form as well.
+  absl::Status ReadChunkViews(const ChunkViewVisitor& visit);
   // Reads the whole current section into a new vector, decoding chunks on
   // all worker threads. Fails without returning partial data; refuses
   // sections larger than `max_bytes`.

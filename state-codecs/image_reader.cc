@@ -320,14 +320,16 @@ struct ImageReader::Impl {
   }
 
   absl::Status Consume(Consume mode, const ChunkVisitor* visit,
-                       Target* target);
+                       Target* target,
+                       const ChunkViewVisitor* view_visit = nullptr);
   absl::Status FinishSection(const FrameHeader& h, uint64_t at);
   absl::Status ReadTrailer(const FrameHeader& index_frame, uint64_t at);
 };
 
 absl::Status ImageReader::Impl::Consume(enum Consume mode,
                                         const ChunkVisitor* visit,
-                                        Target* target) {
+                                        Target* target,
+                                        const ChunkViewVisitor* view_visit) {
   if (state != State::kInSection) {
     return absl::FailedPreconditionError("no section to read");
   }
@@ -396,7 +398,12 @@ absl::Status ImageReader::Impl::Consume(enum Consume mode,
     if (codec == ChunkCodec::kZero) {
       stats.zero_bytes += h.raw_len;
       if (s.ok() && mode == Consume::kVisit) {
-        s = (*visit)(chunk_offset, h.raw_len, {});
+        if (view_visit != nullptr) {
+          ChunkView v{chunk_offset, h.raw_len, codec, 0, {}, {}};
+          s = (*view_visit)(v);
+        } else {
+          s = (*visit)(chunk_offset, h.raw_len, {});
+        }
       }
       if (s.ok() && mode == Consume::kBuffer && target->vec == nullptr) {
         std::memset(target->span.data() + chunk_offset, 0, h.raw_len);
@@ -428,10 +435,16 @@ absl::Status ImageReader::Impl::Consume(enum Consume mode,
         dst = scratch.span();
       }
       s = decoder.Decode(codec, *payload, h.checksum, dst);
-      free_buffers.push_back(std::move(payload));
       if (s.ok() && mode == Consume::kVisit) {
-        s = (*visit)(chunk_offset, h.raw_len, dst);
+        if (view_visit != nullptr) {
+          ChunkView v{chunk_offset, h.raw_len, codec, h.checksum, *payload,
+                      dst};
+          s = (*view_visit)(v);
+        } else {
+          s = (*visit)(chunk_offset, h.raw_len, dst);
+        }
       }
+      free_buffers.push_back(std::move(payload));
       if (!s.ok()) return Fail(s, at);
       continue;
     }
@@ -711,6 +724,11 @@ absl::StatusOr<std::optional<SectionHeader>> ImageReader::NextSection() {
 absl::Status ImageReader::ReadChunks(const ChunkVisitor& visit) {
   if (!impl_->error.ok()) return impl_->error;
   return impl_->Consume(Consume::kVisit, &visit, nullptr);
+}
+
+absl::Status ImageReader::ReadChunkViews(const ChunkViewVisitor& visit) {
+  if (!impl_->error.ok()) return impl_->error;
+  return impl_->Consume(Consume::kVisit, nullptr, nullptr, &visit);
 }
 
 absl::StatusOr<std::vector<uint8_t>> ImageReader::ReadSection(
