@@ -447,7 +447,9 @@ absl::StatusOr<SnapshotInfo> StoreImpl::Put(codec::ByteSource* image,
             }
             batch.Put(chunks(), hash, value);
             staged.insert(hash);
-            if (batch.GetDataSize() > kStagedBatchBytes) return flush();
+            if (batch.GetDataSize() > kStagedBatchBytes) {
+              if (absl::Status f = flush(); !f.ok()) return f;
+            }
           } else if (!g.ok()) {
             return FromRocks(g, "looking up a chunk");
           }

@@ -7,6 +7,7 @@
 
 #include <filesystem>
 
+#include "state-codecs/sample.h"
 #include "store/testing/corrupt.h"
 #include "store/testing/images.h"
 
@@ -104,6 +105,19 @@ TEST_F(StoreTest, FullSnapshotRoundTrips) {
   // The same image again is refused, not duplicated.
   auto again = Put(*image);
   EXPECT_EQ(again.status().code(), absl::StatusCode::kAlreadyExists);
+}
+
+TEST_F(StoreTest, LargeSnapshotRoundTripsAndLeavesNoGarbage) {
+  // Incompressible VRAM, so the ingest flushes staged chunks several times.
+  VmState vm = MakeVm(4 << 20, 21);
+  vm.vram = codec::RandomBytes(24 << 20, 21);
+  auto info = Put(*FullImage(vm, 21));
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_GT(info->stored_bytes, 24u << 20);
+  auto gc = store_->CollectGarbage();
+  ASSERT_TRUE(gc.ok());
+  EXPECT_EQ(gc->chunks_freed, 0u) << "a successful Put left garbage";
+  ExpectRestores(info->id, vm);
 }
 
 TEST_F(StoreTest, IdenticalContentIsStoredOnce) {
