@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The demo: what vgpu-migrate can do today, end to end, on this machine.
-# Until the migrator lands this is the state-image flow every migration and
-# snapshot will ride on: capture an emulated vGPU's state into an image,
-# inspect it, verify it, prove the encoding is reproducible, extract a
-# section, and watch a damaged copy be refused with the place it broke.
+# Until the migrator lands this is the state-image and snapshot flow every
+# migration and snapshot will ride on: capture an emulated vGPU's state into
+# an image, inspect it, verify it, prove the encoding is reproducible,
+# extract a section, watch a damaged copy be refused with the place it
+# broke, then snapshot it into a checkpoint store, dedup a second capture,
+# restore, verify, delete and collect garbage.
 # Usage: tools/demo.sh [VRAM_SIZE]   (default 256M)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,11 +16,14 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 step "setup (installs missing Debian packages; idempotent)"
 tools/setup.sh
 
-step "build vgpu-image"
+step "build vgpu-image and vgpu-store"
 bazel build --disk_cache="$HOME/.cache/vgpu-migrate/bazel-disk" \
-  //state-codecs/tools:vgpu-image 2>&1 | grep -E '^(INFO: Build|ERROR)' || true
-tool="$(bazel info bazel-bin 2>/dev/null)/state-codecs/tools/vgpu-image"
-[ -x "$tool" ] || { echo "demo: build failed" >&2; exit 1; }
+  //state-codecs/tools:vgpu-image //store/tools:vgpu-store 2>&1 \
+  | grep -E '^(INFO: Build|ERROR)' || true
+bin="$(bazel info bazel-bin 2>/dev/null)"
+tool="$bin/state-codecs/tools/vgpu-image"
+store_tool="$bin/store/tools/vgpu-store"
+[ -x "$tool" ] && [ -x "$store_tool" ] || { echo "demo: build failed" >&2; exit 1; }
 
 work="$(mktemp -d /tmp/vgpu-demo.XXXXXX)"
 trap 'rm -rf "$work"' EXIT
@@ -53,5 +58,25 @@ step "cut: a stream that stops early is known to be incomplete"
 head -c $((size / 3)) "$work/vm1.vgi" > "$work/cut.vgi"
 "$tool" verify --json "$work/cut.vgi" || true
 
+store=("$store_tool" --store "$work/store")
+step "snapshot: put the image into a checkpoint store (RocksDB at $work/store)"
+"${store[@]}" put "$work/vm1.vgi" --tag before-upgrade
+
+step "snapshot again: the same state captured later adds no chunk bytes (dedup)"
+"$tool" sample --vram "$vram" --seed 1 "$work/vm1-later.vgi" >/dev/null
+"${store[@]}" put "$work/vm1-later.vgi" --tag after-upgrade
+"${store[@]}" list
+
+step "restore: export the first snapshot as a complete image and check it"
+first=$("${store[@]}" list --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[-1]["id"])')
+"${store[@]}" export "$first" "$work/restored.vgi"
+"$tool" verify "$work/restored.vgi"
+
+step "verify every chunk in the store, delete a snapshot, collect garbage"
+"${store[@]}" verify
+"${store[@]}" delete "$first"
+"${store[@]}" gc
+"${store[@]}" stats
+
 step "done"
-echo "Machine-readable forms: add --json to show and verify. Full help: $tool --help"
+echo "Machine-readable forms: add --json. Full help: $tool --help and $store_tool --help"

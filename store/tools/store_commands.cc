@@ -88,12 +88,12 @@ int ListSnapshots(Store& store, const std::string& vm, const StoreIo& io) {
     io.out << out.dump(2) << "\n";
     return 0;
   }
-  io.out << absl::StrFormat("%-32s  %-12s  %-20s  %10s  %10s  %-10s  %s\n",
+  io.out << absl::StrFormat("%-32s  %-12s  %-20s  %10s  %10s  %-16s  %s\n",
                             "ID", "VM", "CREATED", "STATE", "ADDED", "TAG",
                             "PARENT");
   for (const SnapshotInfo& s : *list) {
     io.out << absl::StrFormat(
-        "%-32s  %-12s  %-20s  %10s  %10s  %-10s  %s\n", s.id, s.vm_name,
+        "%-32s  %-12s  %-20s  %10s  %10s  %-16s  %s\n", s.id, s.vm_name,
         IsoTime(s.created_unix_nanos), HumanBytes(s.logical_bytes),
         HumanBytes(s.stored_bytes), s.tag.empty() ? "-" : s.tag,
         s.parent.empty() ? "-" : s.parent.substr(0, 12));
