@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 
 #include "state-codecs/sample.h"
 #include "store/testing/corrupt.h"
@@ -234,6 +235,50 @@ TEST_F(StoreTest, CorruptChunkIsReportedExactlyAndRestoreFails) {
   EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
   EXPECT_THAT(s.message(), HasSubstr(damaged_chunk));
   ExpectRestores(b->id, other);
+}
+
+TEST_F(StoreTest, DamagedTableFileIsReportedAndRestoreFailsCleanly) {
+  // Incompressible VRAM: each chunk fills its own RocksDB data blocks.
+  VmState vm = MakeVm(1 << 20, 13);
+  vm.vram = codec::RandomBytes(4 << 20, 13);
+  auto a = Put(*FullImage(vm, 450));
+  ASSERT_TRUE(a.ok());
+  // Reopening replays the WAL into a table file; flip one byte in the
+  // middle of the largest one.
+  Reopen();
+  store_.reset();
+  std::string largest;
+  uintmax_t size = 0;
+  for (const auto& f : std::filesystem::directory_iterator(path_)) {
+    if (f.path().extension() == ".sst" && f.file_size() > size) {
+      size = f.file_size();
+      largest = f.path();
+    }
+  }
+  ASSERT_GT(size, 1u << 20) << "no table file holds the chunks";
+  {
+    std::fstream file(largest, std::ios::in | std::ios::out | std::ios::binary);
+    file.seekg(size / 2);
+    char c;
+    file.get(c);
+    file.seekp(size / 2);
+    file.put(static_cast<char>(c ^ 0x10));
+  }
+  Reopen();
+  auto report = store_->Verify("");
+  ASSERT_TRUE(report.ok()) << report.status();
+  ASSERT_FALSE(report->damage.empty());
+  for (const Damage& d : report->damage) {
+    EXPECT_EQ(d.snapshot, a->id);
+    EXPECT_EQ(d.section, "vram");
+    EXPECT_EQ(d.chunk.size(), 64u);
+    EXPECT_THAT(d.what, ::testing::AnyOf(HasSubstr("orruption"),
+                                         HasSubstr("checksum")));
+  }
+  codec::MemorySink sink;
+  absl::Status s = store_->Read(a->id, &sink, {});
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+  EXPECT_THAT(s.message(), HasSubstr(report->damage[0].chunk));
 }
 
 TEST_F(StoreTest, SecondOpenIsRefusedWhileTheFirstHoldsTheStore) {
