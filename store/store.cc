@@ -7,6 +7,8 @@
 #include <rocksdb/write_batch.h>
 
 #include <algorithm>
+#include <cstdarg>
+#include <cstdio>
 #include <chrono>
 #include <map>
 #include <mutex>
@@ -35,6 +37,20 @@ constexpr char kSnapshotsCf[] = "snapshots";  // id -> SnapshotRecord
 constexpr char kChunkBytesKey[] = "chunk_bytes";  // default CF: u64
 constexpr size_t kChunkValueHeader = 17;  // codec u8, raw_len u64, xxh3 u64
 constexpr size_t kStagedBatchBytes = 8 << 20;
+
+// RocksDB's own LOG file would live in the store directory, on the disk a
+// full store has just filled; Debian's librocksdb (built with assertions)
+// aborts when writing it fails twice. Warnings go to stderr instead.
+class StderrLogger : public rocksdb::Logger {
+ public:
+  StderrLogger() : rocksdb::Logger(rocksdb::InfoLogLevel::WARN_LEVEL) {}
+  using rocksdb::Logger::Logv;
+  void Logv(const char* format, va_list ap) override {
+    std::fputs("rocksdb: ", stderr);
+    std::vfprintf(stderr, format, ap);
+    std::fputc('\n', stderr);
+  }
+};
 
 absl::Status FromRocks(const rocksdb::Status& s, absl::string_view what) {
   if (s.ok()) return absl::OkStatus();
@@ -367,6 +383,7 @@ absl::StatusOr<SnapshotInfo> StoreImpl::Put(codec::ByteSource* image,
 
   // Chunks written but not yet committed; deleted again if Put fails.
   std::set<std::string> staged;
+  std::set<std::string> adopted;  // orphans this snapshot will reference
   rocksdb::WriteBatch batch;
   uint64_t new_bytes = 0;
   const uint64_t existing_bytes = ChunkBytes();
@@ -435,6 +452,16 @@ absl::StatusOr<SnapshotInfo> StoreImpl::Put(codec::ByteSource* image,
           std::string existing;
           rocksdb::Status g =
               db_->Get(rocksdb::ReadOptions(), chunks(), hash, &existing);
+          if (g.ok() && !adopted.count(hash)) {
+            // A chunk nothing references (left by an ingest cut short) is
+            // not counted in chunk_bytes yet: this snapshot adds it.
+            auto refs_now = RefCount(hash);
+            if (!refs_now.ok()) return refs_now.status();
+            if (*refs_now == 0) {
+              adopted.insert(hash);
+              new_bytes += existing.size();
+            }
+          }
           if (g.IsNotFound()) {
             std::string value = EncodeChunkValue(v);
             new_bytes += value.size();
@@ -471,6 +498,13 @@ absl::StatusOr<SnapshotInfo> StoreImpl::Put(codec::ByteSource* image,
     if (!s.ok()) return abandon(s);
   }
   if (absl::Status s = flush(); !s.ok()) return abandon(s);
+  if (options_.byte_budget != 0 &&
+      existing_bytes + new_bytes > options_.byte_budget) {
+    return abandon(absl::ResourceExhaustedError(absl::StrFormat(
+        "snapshot would take the store past its byte budget of %u (%u "
+        "stored, this snapshot adds %u)",
+        options_.byte_budget, existing_bytes, new_bytes)));
+  }
 
   // The commit: record, reference counts and totals in one synced batch.
   Record record;
@@ -886,6 +920,7 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const StoreOptions& options) 
   db_options.create_if_missing = true;
   db_options.create_missing_column_families = true;
   db_options.paranoid_checks = true;
+  db_options.info_log = std::make_shared<StderrLogger>();
   rocksdb::ColumnFamilyOptions cf;
   cf.compression = rocksdb::kNoCompression;  // chunks are compressed already
   std::vector<rocksdb::ColumnFamilyDescriptor> families = {

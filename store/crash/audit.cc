@@ -111,6 +111,7 @@ absl::StatusOr<AuditReport> AuditStore(const std::string& path) {
                        " snapshot(s) is missing"));
     } else {
       report.referenced_bytes += size->second;
+      report.referenced[key] = size->second;
     }
     auto c = counts.find(key);
     uint64_t have = c == counts.end() ? 0 : c->second;
@@ -131,6 +132,7 @@ absl::StatusOr<AuditReport> AuditStore(const std::string& path) {
     if (named.count(key) == 0) {
       ++report.orphan_chunks;
       report.orphan_bytes += size;
+      report.orphans.insert(key);
     }
   }
   return report;

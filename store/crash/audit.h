@@ -5,6 +5,8 @@
 #define VGPU_STORE_CRASH_AUDIT_H_
 
 #include <cstdint>
+#include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -21,6 +23,8 @@ struct AuditReport {
   uint64_t orphan_bytes = 0;
   uint64_t referenced_bytes = 0;    // value bytes of referenced chunks
   uint64_t chunk_bytes_total = 0;   // the store's own "chunk_bytes" total
+  std::set<std::string> orphans;    // their keys (raw SHA-256)
+  std::map<std::string, uint64_t> referenced;  // key -> value bytes
   // Breaches of invariants that hold at every commit point, crash or not:
   // a named chunk missing, a reference count that differs from the number
   // of snapshots naming the chunk, a count for a chunk nobody names.

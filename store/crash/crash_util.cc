@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_format.h"
 #include "state-codecs/byte_io.h"
+#include "state-codecs/sample.h"
 
 namespace vgpu::store::crash {
 
@@ -21,6 +22,13 @@ uint64_t ContentDigest(const testing::VmState& vm) {
 
 std::string DigestHex(uint64_t digest) {
   return absl::StrFormat("%016x", digest);
+}
+
+testing::VmState DieInPutVm(uint64_t vram_bytes, uint64_t seed) {
+  testing::VmState vm;
+  vm.vram = codec::RandomBytes(vram_bytes, seed);
+  vm.registers = codec::RandomBytes(64, seed + 1);
+  return vm;
 }
 
 absl::StatusOr<testing::VmState> ReadBack(Store& store, const std::string& id) {

@@ -17,6 +17,10 @@ namespace vgpu::store::crash {
 uint64_t ContentDigest(const testing::VmState& vm);
 std::string DigestHex(uint64_t digest);  // 16 lowercase hex digits
 
+// The VM crash_writer --die-in-put stores: incompressible VRAM, so that
+// every chunk is distinct and the store stages chunk batches mid-stream.
+testing::VmState DieInPutVm(uint64_t vram_bytes, uint64_t seed);
+
 // Reads snapshot `id` back as a complete image and decodes it.
 absl::StatusOr<testing::VmState> ReadBack(Store& store, const std::string& id);
 
