@@ -10,9 +10,10 @@
 //
 // Destination: the device was started with --incoming, so it is quiesced
 // and has never run; its VRAM is the staging area (a failed or aborted
-// load wipes it back to zeros). Each section is read and verified whole
-// before any byte of it is applied; registers and ring are applied, and the
-// engine resumed, only on RESUMING -> RUNNING.
+// load wipes it back to zeros). A section's header is checked against the
+// device before any of its data is read; VRAM pages land as each chunk is
+// verified; registers and ring are checked and applied, and the engine
+// resumed, only on RESUMING -> RUNNING.
 #ifndef VGPU_AGENTS_EMULATED_EMULATED_AGENT_H_
 #define VGPU_AGENTS_EMULATED_EMULATED_AGENT_H_
 
