@@ -1,5 +1,7 @@
 // vgpu-emu-migrate: live-migrates an emulated vGPU between two device
 // processes on this host (see local_migrate.h).
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -54,7 +56,8 @@ int main(int argc, char** argv) {
     }
     bar->Update(sent, static_cast<int>(round));
     if (!json) {
-      std::cerr << absl::StrFormat("\nround %u: %s sent, %s left\n", round,
+      std::cerr << absl::StrFormat("%sround %u: %s sent, %s left\n",
+                                   isatty(STDERR_FILENO) ? "\n" : "", round,
                                    vgpu::tools::HumanBytes(sent),
                                    vgpu::tools::HumanBytes(pending));
     }
