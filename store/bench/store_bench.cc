@@ -452,8 +452,13 @@ absl::StatusOr<std::unique_ptr<RawDb>> OpenRaw(
     rocksdb::Status s = rocksdb::DB::ListColumnFamilies(dbo, path, &names);
     if (!s.ok()) return FromRocks(s, "listing column families");
   }
+  // Compact with the store's own settings: records zstd, the rest raw.
+  rocksdb::ColumnFamilyOptions records = cf;
+  records.compression = rocksdb::kZSTD;
   std::vector<rocksdb::ColumnFamilyDescriptor> families;
-  for (const std::string& n : names) families.push_back({n, cf});
+  for (const std::string& n : names) {
+    families.push_back({n, n == "snapshots" ? records : cf});
+  }
   auto raw = std::make_unique<RawDb>();
   rocksdb::DB* db = nullptr;
   rocksdb::Status s =
