@@ -49,15 +49,6 @@ uint64_t FileSize(const std::string& path) {
                                         : 0;
 }
 
-std::string IsoTime(int64_t unix_nanos) {
-  time_t secs = static_cast<time_t>(unix_nanos / 1000000000);
-  struct tm tm;
-  gmtime_r(&secs, &tm);
-  char buf[32];
-  strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
 struct Opened {
   std::unique_ptr<codec::ByteSource> source;
   std::unique_ptr<ImageReader> reader;

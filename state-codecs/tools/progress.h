@@ -1,4 +1,5 @@
-// A one-line progress bar for long command-line work: bytes done of total,
+// Output helpers for the command-line tools (sizes, times), and a one-line
+// progress bar for long work: bytes done of total,
 // rate, round (where there are rounds) and ETA, redrawn at most 10 times a
 // second on stderr, and only when stderr is a terminal (so logs and --json
 // output stay clean). Used from one thread.
@@ -8,6 +9,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <ctime>
 #include <cstdint>
 #include <cstdio>
 #include <string>
@@ -25,6 +27,16 @@ inline std::string HumanBytes(double b) {
   }
   return u == 0 ? absl::StrFormat("%.0f %s", b, units[u])
                 : absl::StrFormat("%.1f %s", b, units[u]);
+}
+
+// "2026-11-25T12:00:00Z" for a time in nanoseconds since the epoch.
+inline std::string IsoTime(int64_t unix_nanos) {
+  time_t secs = static_cast<time_t>(unix_nanos / 1000000000);
+  struct tm tm;
+  gmtime_r(&secs, &tm);
+  char buf[32];
+  strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
 }
 
 class ProgressBar {

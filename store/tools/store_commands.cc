@@ -13,16 +13,8 @@ namespace {
 
 using json = nlohmann::ordered_json;
 using vgpu::tools::HumanBytes;
+using vgpu::tools::IsoTime;
 using vgpu::tools::ProgressBar;
-
-std::string IsoTime(int64_t unix_nanos) {
-  time_t secs = static_cast<time_t>(unix_nanos / 1000000000);
-  struct tm tm;
-  gmtime_r(&secs, &tm);
-  char buf[32];
-  strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
 
 json InfoJson(const SnapshotInfo& s) {
   return json{{"id", s.id},
