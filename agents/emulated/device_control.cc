@@ -48,6 +48,8 @@ class SocketDeviceControl : public DeviceControl {
     info.abi_minor = in.getAbiMinor();
     info.quiesced = in.getQuiesced();
     info.tracking = in.getTracking();
+    info.queued_commands = in.getQueuedCommands();
+    info.queued_command_bytes = in.getQueuedCommandBytes();
     return info;
   }
 

@@ -34,6 +34,10 @@ struct DeviceInfo {
   uint32_t abi_minor = 0;
   bool quiesced = false;
   bool tracking = false;
+  // Commands queued in the ring and their payload bytes: the ring blob a
+  // final copy carries grows with them (up to 1024 x 64 KiB).
+  uint64_t queued_commands = 0;
+  uint64_t queued_command_bytes = 0;
 };
 
 class DeviceControl {

@@ -13,8 +13,10 @@ constexpr char kRingSection[] = "ring";
 // Registers and ring are small next to VRAM; bound what a destination
 // accepts for them.
 constexpr uint64_t kMaxBlobBytes = 256ull << 20;
-// What Pending() adds for registers and ring before they are read.
+// What Pending() adds for registers and ring before they are read: a bound
+// for their fixed parts, and per queued command beyond its payload.
 constexpr uint64_t kBlobEstimate = 64 << 10;
+constexpr uint64_t kPerCommandBytes = 256;
 
 // Sorted runs [first, count) of set bits.
 std::vector<std::pair<uint64_t, uint64_t>> Runs(
@@ -72,10 +74,17 @@ class EmulatedSource : public EmulatedAgentBase {
     }
     if (absl::Status s = Collect(); !s.ok()) return s;
     PendingBytes p;
-    p.exact = true;
     uint64_t dirty = Popcount(pending_) * kPageBytes;
     (sent_pages_ ? p.dirty : p.initial) = dirty;
-    if (!blobs_sent_) p.initial += kBlobEstimate;  // not yet measured
+    if (!blobs_sent_) {
+      // Registers and ring go in the final copy; the ring carries every
+      // queued command's payload, so count those (the device tells) on
+      // top of a bound for the fixed parts.
+      auto info = device_->Info();
+      if (!info.ok()) return info.status();
+      p.initial += kBlobEstimate + info->queued_command_bytes +
+                   info->queued_commands * kPerCommandBytes;
+    }
     p.exact = blobs_sent_;
     return p;
   }

@@ -73,6 +73,8 @@ struct Info {
   tracking @7 :Bool;
   incomingFresh @8 :Bool;      # --incoming and never resumed
   ringCapacity @9 :UInt32;
+  queuedCommands @10 :UInt64;      # commands in the ring, not yet executed
+  queuedCommandBytes @11 :UInt64;  # their payload bytes
 }
 
 struct EngineStatus {

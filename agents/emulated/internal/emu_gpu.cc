@@ -249,6 +249,15 @@ absl::StatusOr<uint64_t> EmuGpu::TakeChecksum(uint64_t seq) {
   return e.value;
 }
 
+std::pair<uint64_t, uint64_t> EmuGpu::QueuedCommandBytes() {
+  absl::MutexLock lock(&mu_);
+  uint64_t bytes = 0;
+  for (uint64_t seq = head_; seq < tail_; ++seq) {
+    bytes += ring_[seq % ring_.size()].data.size();
+  }
+  return {bytes, tail_ - head_};
+}
+
 EngineStatus EmuGpu::Status() {
   absl::MutexLock lock(&mu_);
   EngineStatus s;

@@ -106,6 +106,9 @@ class EmuGpu {
   // dropped, OUT_OF_RANGE if the engine skipped it.
   absl::StatusOr<uint64_t> TakeChecksum(uint64_t seq);
   EngineStatus Status();
+  // Bytes of payload held by queued (not yet executed) commands, and their
+  // count: what a ring blob will have to carry beyond its fixed part.
+  std::pair<uint64_t, uint64_t> QueuedCommandBytes();
   // A copy of VRAM bytes taken between two commands.
   absl::StatusOr<std::vector<uint8_t>> ReadVram(uint64_t offset,
                                                 uint64_t length);

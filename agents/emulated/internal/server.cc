@@ -185,6 +185,9 @@ void Server::FillInfo(proto::Info::Builder info) {
   info.setTracking(gpu_->tracking());
   info.setIncomingFresh(gpu_->incoming_fresh());
   info.setRingCapacity(gpu_->ring_capacity());
+  auto [bytes, count] = gpu_->QueuedCommandBytes();
+  info.setQueuedCommands(count);
+  info.setQueuedCommandBytes(bytes);
 }
 
 void Server::ServeClient(Client* client) {
