@@ -17,7 +17,9 @@ log="$(mktemp /tmp/vgpu-test.XXXXXX.log)"
 cache_flags=(--disk_cache="$HOME/.cache/vgpu-migrate/bazel-disk")
 
 say "build and test (bazel test //...; GPU tests are excluded: this machine has no GPU)"
-bazel test "${cache_flags[@]}" --test_summary=short --test_output=errors \
+# --nocache_test_results: every test really runs; only builds are cached.
+bazel test "${cache_flags[@]}" --nocache_test_results --test_summary=short \
+  --test_output=errors \
   --test_tag_filters=-gpu --build_tests_only=false //... 2>&1 | tee "$log" \
   | grep -vE 'linux-sandbox|^\s+\(cd |^\s+exec env|^\s+PATH='
 bazel_rc=${PIPESTATUS[0]}
