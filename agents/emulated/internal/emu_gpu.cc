@@ -31,6 +31,22 @@ codec::MessageLimits BlobLimits() {
   return limits;
 }
 
+// Unwraps a state blob of `kind` and decodes its message; damage is
+// DATA_LOSS naming `what`. Nothing here touches the device.
+template <typename T>
+absl::StatusOr<codec::Message<T>> DecodeStateBlob(absl::Span<const uint8_t> blob,
+                                                  BlobKind kind,
+                                                  absl::string_view what) {
+  absl::StatusOr<absl::Span<const uint8_t>> body = DecodeBlob(blob, kind);
+  if (!body.ok()) return body.status();
+  auto msg = codec::DecodeMessage<T>(*body, BlobLimits());
+  if (!msg.ok()) {
+    return absl::DataLossError(
+        absl::StrCat(what, " blob: ", msg.status().message()));
+  }
+  return msg;
+}
+
 void Apply(Rop rop, const uint8_t* src, uint8_t* dst, size_t n) {
   switch (rop) {
     case Rop::kCopy:
@@ -570,14 +586,9 @@ absl::Status EmuGpu::LoadRegisters(absl::Span<const uint8_t> blob) {
     absl::Status s = CheckLoadableLocked("loading registers");
     if (!s.ok()) return s;
   }
-  absl::StatusOr<absl::Span<const uint8_t>> body =
-      DecodeBlob(blob, BlobKind::kRegisters);
-  if (!body.ok()) return body.status();
-  auto msg = codec::DecodeMessage<proto::RegistersState>(*body, BlobLimits());
-  if (!msg.ok()) {
-    return absl::DataLossError(
-        absl::StrCat("registers blob: ", msg.status().message()));
-  }
+  auto msg = DecodeStateBlob<proto::RegistersState>(
+      blob, BlobKind::kRegisters, "registers");
+  if (!msg.ok()) return msg.status();
   proto::RegistersState::Reader root = msg->root();
   if (root.getVramBytes() != options_.vram_bytes) {
     return absl::FailedPreconditionError(absl::StrFormat(
@@ -646,14 +657,8 @@ absl::Status EmuGpu::LoadRing(absl::Span<const uint8_t> blob) {
     absl::Status s = CheckLoadableLocked("loading the ring");
     if (!s.ok()) return s;
   }
-  absl::StatusOr<absl::Span<const uint8_t>> body =
-      DecodeBlob(blob, BlobKind::kRing);
-  if (!body.ok()) return body.status();
-  auto msg = codec::DecodeMessage<proto::RingState>(*body, BlobLimits());
-  if (!msg.ok()) {
-    return absl::DataLossError(
-        absl::StrCat("ring blob: ", msg.status().message()));
-  }
+  auto msg = DecodeStateBlob<proto::RingState>(blob, BlobKind::kRing, "ring");
+  if (!msg.ok()) return msg.status();
   proto::RingState::Reader root = msg->root();
 
   // Check and convert everything before touching the device.
