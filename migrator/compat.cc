@@ -17,10 +17,14 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "migrator/internal/json_fields.h"
 
 namespace vgpu::migrator {
 namespace {
 
+using internal::FieldError;
+using internal::FieldReader;
+using internal::JoinPath;
 using json = nlohmann::json;
 using schema::DeviceDescriptor;
 using schema::Strategy;
@@ -563,22 +567,8 @@ class Checker {
 };
 
 // ---------------------------------------------------------------------------
-// JSON reading: every getter consumes one key and checks its type; Finish()
-// refuses the keys nobody asked for, so a typo is an error and not a
-// silently ignored setting. The first error wins and names the key's path.
-
-std::string JoinPath(const std::string& path, absl::string_view key) {
-  return path.empty() ? std::string(key) : absl::StrCat(path, ".", key);
-}
-
-std::string IndexPath(const std::string& path, size_t i) {
-  return absl::StrCat(path, "[", i, "]");
-}
-
-absl::Status FieldError(const std::string& path, absl::string_view what) {
-  return absl::InvalidArgumentError(
-      path.empty() ? std::string(what) : absl::StrCat(path, ": ", what));
-}
+// JSON reading, through internal::FieldReader: a typo is an error and not a
+// silently ignored setting, and the first error names the key's path.
 
 bool ParseVersion(const std::string& text, VersionTriple* out) {
   std::vector<absl::string_view> parts = absl::StrSplit(text, '.');
@@ -595,105 +585,14 @@ bool ParseVersion(const std::string& text, VersionTriple* out) {
   return true;
 }
 
-class FieldReader {
- public:
-  FieldReader(const json& j, std::string path, absl::Status* status)
-      : j_(j), path_(std::move(path)), status_(status) {
-    if (status_->ok() && !j_.is_object()) {
-      *status_ = FieldError(path_, "expected an object");
-    }
+// A "MAJOR.MINOR[.PATCH]" string at `key`.
+void ReadVersion(FieldReader& f, absl::string_view key, VersionTriple* out) {
+  const json* v = f.Take(key);
+  if (v == nullptr) return;
+  if (!v->is_string() || !ParseVersion(v->get<std::string>(), out)) {
+    f.Fail(f.Path(key), "expected \"MAJOR.MINOR[.PATCH]\"");
   }
-
-  // The value under `key`, or nullptr when it is absent or an error has
-  // already happened.
-  const json* Take(absl::string_view key) {
-    if (!status_->ok()) return nullptr;
-    taken_.insert(std::string(key));
-    auto it = j_.find(std::string(key));
-    return it == j_.end() ? nullptr : &*it;
-  }
-
-  std::string Path(absl::string_view key) const { return JoinPath(path_, key); }
-  void Fail(const std::string& path, absl::string_view what) {
-    if (status_->ok()) *status_ = FieldError(path, what);
-  }
-
-  void String(absl::string_view key, std::string* out) {
-    const json* v = Take(key);
-    if (v == nullptr) return;
-    if (!v->is_string()) return Fail(Path(key), "expected a string");
-    *out = v->get<std::string>();
-  }
-  void Bool(absl::string_view key, bool* out) {
-    const json* v = Take(key);
-    if (v == nullptr) return;
-    if (!v->is_boolean()) return Fail(Path(key), "expected true or false");
-    *out = v->get<bool>();
-  }
-  void Uint64(absl::string_view key, uint64_t* out) {
-    const json* v = Take(key);
-    if (v == nullptr) return;
-    if (!v->is_number_unsigned()) {
-      return Fail(Path(key), "expected a non-negative integer");
-    }
-    *out = v->get<uint64_t>();
-  }
-  void Int(absl::string_view key, int min, int max, int* out) {
-    const json* v = Take(key);
-    if (v == nullptr) return;
-    if (!v->is_number_integer() || v->get<int64_t>() < min ||
-        v->get<int64_t>() > max) {
-      return Fail(Path(key),
-                  absl::StrFormat("expected an integer in %d..%d", min, max));
-    }
-    *out = static_cast<int>(v->get<int64_t>());
-  }
-  void Version(absl::string_view key, VersionTriple* out) {
-    const json* v = Take(key);
-    if (v == nullptr) return;
-    if (!v->is_string() || !ParseVersion(v->get<std::string>(), out)) {
-      return Fail(Path(key), "expected \"MAJOR.MINOR[.PATCH]\"");
-    }
-  }
-  void StringList(absl::string_view key, std::vector<std::string>* out) {
-    const json* v = Take(key);
-    if (v == nullptr) return;
-    if (!v->is_array()) return Fail(Path(key), "expected a list of strings");
-    std::vector<std::string> items;
-    for (size_t i = 0; i < v->size(); ++i) {
-      if (!(*v)[i].is_string()) {
-        return Fail(IndexPath(Path(key), i), "expected a string");
-      }
-      items.push_back((*v)[i].get<std::string>());
-    }
-    *out = std::move(items);
-  }
-  // Calls `each(element, path)` for every element of the list at `key`.
-  template <typename Fn>
-  void List(absl::string_view key, Fn each) {
-    const json* v = Take(key);
-    if (v == nullptr) return;
-    if (!v->is_array()) return Fail(Path(key), "expected a list");
-    for (size_t i = 0; i < v->size() && status_->ok(); ++i) {
-      each((*v)[i], IndexPath(Path(key), i));
-    }
-  }
-
-  void Finish() {
-    if (!status_->ok()) return;
-    for (auto it = j_.begin(); it != j_.end(); ++it) {
-      if (taken_.count(it.key()) == 0) {
-        return Fail(Path(it.key()), "unknown key");
-      }
-    }
-  }
-
- private:
-  const json& j_;
-  const std::string path_;
-  absl::Status* status_;
-  std::set<std::string> taken_;
-};
+}
 
 json VersionJson(const VersionTriple& v) { return VersionString(v); }
 
@@ -875,7 +774,7 @@ absl::Status ProfileFromJson(const json& j, HostProfile* out) {
     f.Bool("available", &offer.available);
     f.String("vendor", &offer.vendor);
     f.String("architecture", &offer.architecture);
-    f.Version("device_abi", &offer.device_abi);
+    ReadVersion(f, "device_abi", &offer.device_abi);
     f.Uint64("max_vram_bytes", &offer.max_vram_bytes);
     f.Finish();
   }
@@ -883,7 +782,7 @@ absl::Status ProfileFromJson(const json& j, HostProfile* out) {
     ApiForwardingOffer offer;
     FieldReader f(b, path, &status);
     f.String("wrapper_name", &offer.wrapper_name);
-    f.Version("abi", &offer.abi);
+    ReadVersion(f, "abi", &offer.abi);
     f.StringList("features", &offer.features);
     f.String("vendor", &offer.vendor);
     f.String("architecture", &offer.architecture);
@@ -897,7 +796,7 @@ absl::Status ProfileFromJson(const json& j, HostProfile* out) {
     f.String("vendor", &gpu.vendor);
     f.String("architecture", &gpu.architecture);
     f.String("board_type", &gpu.board_type);
-    f.Version("driver", &gpu.driver);
+    ReadVersion(f, "driver", &gpu.driver);
     f.Bool("ecc_enabled", &gpu.ecc_enabled);
     f.Uint64("vram_bytes", &gpu.vram_bytes);
     f.Bool("migration_capable", &gpu.migration_capable);

@@ -18,11 +18,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "migrator/internal/json_fields.h"
 #include "nlohmann/json.hpp"
 
 namespace vgpu::migrator {
 namespace {
 
+using internal::FieldReader;
 using json = nlohmann::json;
 
 constexpr uint32_t kMaxRounds = 1000;
@@ -37,123 +39,22 @@ std::string LocalHostName() {
   return name;
 }
 
-std::string JoinPath(const std::string& path, absl::string_view key) {
-  return path.empty() ? std::string(key) : absl::StrCat(path, ".", key);
+// A byte count: a non-negative integer or a size string ("64M").
+bool ReadSize(FieldReader& f, absl::string_view key, uint64_t* out) {
+  const json* v = f.Take(key);
+  if (v == nullptr) return false;
+  if (v->is_number_unsigned()) {
+    *out = v->get<uint64_t>();
+    return true;
+  }
+  if (v->is_string()) {
+    absl::StatusOr<uint64_t> n = ParseByteSize(v->get<std::string>());
+    if (!n.ok()) return f.Fail(f.Path(key), n.status().message());
+    *out = *n;
+    return true;
+  }
+  return f.Fail(f.Path(key), "expected a byte count or a size like \"64M\"");
 }
-
-std::string IndexPath(const std::string& path, size_t i) {
-  return absl::StrCat(path, "[", i, "]");
-}
-
-// Reads one JSON object: each getter consumes a key and checks its type;
-// Finish() refuses the keys nobody asked for. All readers of one parse
-// share `status`, and the first error wins.
-class Fields {
- public:
-  Fields(const json& j, std::string path, absl::Status* status)
-      : j_(j), path_(std::move(path)), status_(status) {
-    if (!j_.is_object()) Fail(path_, "expected an object");
-  }
-
-  const json* Take(absl::string_view key) {
-    if (!status_->ok()) return nullptr;
-    taken_.insert(std::string(key));
-    auto it = j_.find(std::string(key));
-    return it == j_.end() ? nullptr : &*it;
-  }
-
-  std::string Path(absl::string_view key) const { return JoinPath(path_, key); }
-
-  // Records the error (unless an earlier one stands) and returns false,
-  // so that getters can `return Fail(...)`.
-  bool Fail(const std::string& path, absl::string_view what) {
-    if (status_->ok()) {
-      *status_ = absl::InvalidArgumentError(
-          path.empty() ? std::string(what) : absl::StrCat(path, ": ", what));
-    }
-    return false;
-  }
-
-  // Each returns true when the key was present and valid.
-  bool String(absl::string_view key, std::string* out) {
-    const json* v = Take(key);
-    if (v == nullptr) return false;
-    if (!v->is_string()) return Fail(Path(key), "expected a string");
-    *out = v->get<std::string>();
-    return true;
-  }
-  bool Bool(absl::string_view key, bool* out) {
-    const json* v = Take(key);
-    if (v == nullptr) return false;
-    if (!v->is_boolean()) return Fail(Path(key), "expected true or false");
-    *out = v->get<bool>();
-    return true;
-  }
-  bool Uint32(absl::string_view key, uint32_t* out) {
-    const json* v = Take(key);
-    if (v == nullptr) return false;
-    if (!v->is_number_unsigned() || v->get<uint64_t>() > UINT32_MAX) {
-      return Fail(Path(key), "expected a non-negative integer");
-    }
-    *out = static_cast<uint32_t>(v->get<uint64_t>());
-    return true;
-  }
-  bool Int(absl::string_view key, int* out) {
-    const json* v = Take(key);
-    if (v == nullptr) return false;
-    if (!v->is_number_integer() || v->get<int64_t>() < INT32_MIN ||
-        v->get<int64_t>() > INT32_MAX) {
-      return Fail(Path(key), "expected an integer");
-    }
-    *out = static_cast<int>(v->get<int64_t>());
-    return true;
-  }
-  // A byte count: a non-negative integer or a size string ("64M").
-  bool Size(absl::string_view key, uint64_t* out) {
-    const json* v = Take(key);
-    if (v == nullptr) return false;
-    if (v->is_number_unsigned()) {
-      *out = v->get<uint64_t>();
-      return true;
-    }
-    if (v->is_string()) {
-      absl::StatusOr<uint64_t> n = ParseByteSize(v->get<std::string>());
-      if (!n.ok()) return Fail(Path(key), n.status().message());
-      *out = *n;
-      return true;
-    }
-    return Fail(Path(key), "expected a byte count or a size like \"64M\"");
-  }
-  // Calls `each(element, path)` for every element of the list at `key`.
-  template <typename Fn>
-  void List(absl::string_view key, Fn each) {
-    const json* v = Take(key);
-    if (v == nullptr) return;
-    if (!v->is_array()) {
-      Fail(Path(key), "expected a list");
-      return;
-    }
-    for (size_t i = 0; i < v->size() && status_->ok(); ++i) {
-      each((*v)[i], IndexPath(Path(key), i));
-    }
-  }
-
-  void Finish() {
-    if (!status_->ok()) return;
-    for (auto it = j_.begin(); it != j_.end(); ++it) {
-      if (taken_.count(it.key()) == 0) {
-        Fail(Path(it.key()), "unknown key");
-        return;
-      }
-    }
-  }
-
- private:
-  const json& j_;
-  const std::string path_;
-  absl::Status* status_;
-  std::set<std::string> taken_;
-};
 
 bool IsVmNameChar(char c) {
   return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '_' ||
@@ -173,10 +74,10 @@ bool IsUuid(const std::string& s) {
   return true;
 }
 
-void ParseTls(Fields& top, absl::Status* status, TlsConfig* tls) {
+void ParseTls(FieldReader& top, absl::Status* status, TlsConfig* tls) {
   const json* t = top.Take("tls");
   if (t == nullptr) return;
-  Fields f(*t, "tls", status);
+  FieldReader f(*t, "tls", status);
   f.String("ca", &tls->ca_file);
   f.String("cert", &tls->cert_file);
   f.String("key", &tls->key_file);
@@ -202,11 +103,12 @@ void ParseTls(Fields& top, absl::Status* status, TlsConfig* tls) {
   }
 }
 
-void ParseVms(Fields& top, absl::Status* status, std::vector<StaticVm>* vms) {
+void ParseVms(FieldReader& top, absl::Status* status,
+              std::vector<StaticVm>* vms) {
   std::set<std::string> names;
   top.List("vms", [&](const json& v, const std::string& path) {
     StaticVm vm;
-    Fields f(v, path, status);
+    FieldReader f(v, path, status);
     if (!f.String("name", &vm.name) && status->ok()) {
       f.Fail(f.Path("name"), "missing");
     }
@@ -228,7 +130,7 @@ void ParseVms(Fields& top, absl::Status* status, std::vector<StaticVm>* vms) {
     }
     f.List("devices", [&](const json& d, const std::string& dpath) {
       StaticDevice dev;
-      Fields df(d, dpath, status);
+      FieldReader df(d, dpath, status);
       if (!df.String("strategy", &dev.strategy) && status->ok()) {
         df.Fail(df.Path("strategy"), "missing");
       }
@@ -253,7 +155,7 @@ void ParseVms(Fields& top, absl::Status* status, std::vector<StaticVm>* vms) {
 
 absl::Status ParseTop(const json& j, Config* c) {
   absl::Status status;
-  Fields top(j, "", &status);
+  FieldReader top(j, "", &status);
   if (top.String("host", &c->host) && c->host.empty()) {
     top.Fail("host", "empty");
   }
@@ -265,7 +167,7 @@ absl::Status ParseTop(const json& j, Config* c) {
     if (!s.ok()) top.Fail("listen", s.message());
   }
   if (const json* peers = top.Take("peers")) {
-    Fields f(*peers, "peers", &status);
+    FieldReader f(*peers, "peers", &status);
     if (status.ok()) {
       for (auto it = peers->begin(); it != peers->end(); ++it) {
         if (it.key().empty()) {
@@ -300,9 +202,9 @@ absl::Status ParseTop(const json& j, Config* c) {
     top.Fail("max_rounds",
              absl::StrFormat("%d is outside 1..%d", c->max_rounds, kMaxRounds));
   }
-  top.Size("bandwidth", &c->bandwidth_bytes_per_second);
+  ReadSize(top, "bandwidth", &c->bandwidth_bytes_per_second);
   // A zero window would never let a byte through.
-  if (top.Size("window", &c->window_bytes) && c->window_bytes == 0) {
+  if (ReadSize(top, "window", &c->window_bytes) && c->window_bytes == 0) {
     top.Fail("window", "must be at least 1 byte");
   }
   top.Bool("compress", &c->compress);
@@ -314,9 +216,9 @@ absl::Status ParseTop(const json& j, Config* c) {
   }
   ParseTls(top, &status, &c->tls);
   if (const json* e = top.Take("emulation")) {
-    Fields f(*e, "emulation", &status);
+    FieldReader f(*e, "emulation", &status);
     f.String("device_binary", &c->emulated_device_binary);
-    f.Size("max_vram", &c->emulated_max_vram_bytes);
+    ReadSize(f, "max_vram", &c->emulated_max_vram_bytes);
     f.Finish();
   }
   if (const json* p = top.Take("profile")) {

@@ -1,6 +1,7 @@
 #include "migrator/coordinator.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <deque>
 #include <thread>
@@ -221,6 +222,7 @@ class RpcSink : public codec::ByteSink {
 
   const std::string& name() const override { return name_; }
   uint64_t sent() const { return sent_; }
+  const uint64_t* sent_counter() const { return &sent_; }
 
  private:
   absl::Status Flush() {
@@ -419,6 +421,7 @@ void RunMigration(const Env& env, Job& job, const MigrateRequest& request) {
   if (auto s = job.Checkpoint(Phase::kPreCopy); !s.ok()) return abort(s);
   Meter meter;
   std::unique_ptr<codec::ImageWriter> writer;
+  const uint64_t* wire_sent = nullptr;  // the sink's count, once it exists
   uint64_t pending_now = 0;
   uint32_t round_now = 0;
   auto publish = [&] {
@@ -427,7 +430,7 @@ void RunMigration(const Env& env, Job& job, const MigrateRequest& request) {
     meter.Sample(st.raw_bytes);
     job.Update([&](JobData& d) {
       d.raw_bytes = st.raw_bytes;
-      d.wire_bytes = st.stored_bytes;
+      d.wire_bytes = wire_sent != nullptr ? *wire_sent : st.stored_bytes;
       d.rate = meter.rate;
       d.round = round_now;
       d.pending_bytes = pending_now;
@@ -438,6 +441,7 @@ void RunMigration(const Env& env, Job& job, const MigrateRequest& request) {
   };
   RpcSink sink(link.rpc.get(), *incoming, cfg.window_bytes, bandwidth,
                env.peer_timeout, &job, publish);
+  wire_sent = sink.sent_counter();
   codec::WriterOptions wo;
   wo.threads = cfg.threads;
   wo.zstd_level = request.compress && cfg.compress ? 1 : 0;
@@ -799,10 +803,10 @@ void RunRestore(const Env& env, Job& job, const std::string& snapshot,
   }
   std::vector<VmDevice> devices;
   for (auto& t : targets) {
-    t->Keep();
     devices.push_back(VmDevice{
         StrategyName(t->agent().descriptor().root().getStrategy()),
         t->endpoint(), true});
+    t->Keep();
   }
   targets.clear();
   env.inventory->Commit(vm_name, job.id(), std::move(devices));
@@ -840,13 +844,19 @@ class IncomingState {
         targets_(std::move(targets)),
         pipe_(kPipeBytes, absl::StrCat("migration stream from ", peer)) {}
 
-  ~IncomingState() { TearDown(absl::AbortedError("daemon dropped the job")); }
+  ~IncomingState() {
+    TearDown(absl::AbortedError("daemon dropped the job"));
+    if (watchdog_.joinable()) watchdog_.join();
+  }
 
   void Start() {
+    Touch();
     receiver_ = std::thread([this] { Receive(); });
+    watchdog_ = std::thread([this] { Watch(); });
   }
 
   absl::Status Write(capnp::Data::Reader data) {
+    Touch();
     absl::Status s = pipe_.Write(absl::MakeConstSpan(data.begin(), data.size()));
     uint64_t total = pipe_.bytes_written();
     job_->Update([&](JobData& d) {
@@ -857,6 +867,7 @@ class IncomingState {
   }
 
   absl::Status Finish() {
+    Touch();
     const Clock::time_point start = Clock::now();
     pipe_.CloseWrite();
     JoinReceiver();
@@ -888,15 +899,14 @@ class IncomingState {
     }
     std::vector<VmDevice> devices;
     for (auto& t : targets_) {
-      t->Keep();
       devices.push_back(VmDevice{
           StrategyName(t->agent().descriptor().root().getStrategy()),
           t->endpoint(), true});
+      t->Keep();
     }
     env_.inventory->Commit(vm_, job_->id(), std::move(devices));
     stage_ = Stage::kActive;
-    // targets_ stay until this state goes: detaching from a device unmaps
-    // its VRAM, which takes milliseconds the guest should not wait for.
+    targets_.clear();  // kept: the backend owns the devices now
     log_(absl::StrFormat("confirm: vGPUs activated in %.1f ms; the VM runs here",
                          1000 * Seconds(Clock::now() - start)));
     job_->Update([](JobData& d) {
@@ -928,14 +938,37 @@ class IncomingState {
     stage_ = Stage::kTornDown;
     torn_down_why_ = why;
     log_(absl::StrCat("tearing down the incoming vGPUs: ", why.ToString()));
-    targets_.clear();  // ends the device models vgpud started
     env_.inventory->CancelReservation(vm_, job_->id());
+    targets_.clear();  // ends the device models vgpud started
     job_->Update([&](JobData& d) {
       d.state = why.code() == absl::StatusCode::kCancelled ? JobState::kCancelled
                                                            : JobState::kFailed;
       d.error = why;
       d.total_seconds = d.elapsed_seconds;
     });
+  }
+
+  void Touch() { last_word_ns_ = Clock::now().time_since_epoch().count(); }
+
+  // A source that goes silent (a link that drops everything, a proxy that
+  // keeps TCP alive) must not hold the prepared devices forever: after the
+  // peer timeout without a word before confirm, tear down.
+  void Watch() {
+    const auto limit = absl::ToChronoNanoseconds(env_.peer_timeout).count();
+    while (true) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (stage_ != Stage::kReceiving) return;
+      }
+      if (Clock::now().time_since_epoch().count() - last_word_ns_.load() >
+          limit) {
+        TearDown(absl::DeadlineExceededError(absl::StrCat(
+            "no word from the source for ",
+            absl::FormatDuration(env_.peer_timeout))));
+        return;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
   }
 
   void JoinReceiver() {
@@ -951,6 +984,9 @@ class IncomingState {
     }
     std::lock_guard<std::mutex> lock(mu_);
     received_ = s;
+    // Nothing of a refused stream is kept, even if the source never says
+    // goodbye.
+    if (!s.ok()) TearDownLocked(s);
   }
 
   absl::Status ReceiveAll() {
@@ -998,6 +1034,8 @@ class IncomingState {
   BytePipe pipe_;
   std::mutex join_mu_;
   std::thread receiver_;
+  std::thread watchdog_;
+  std::atomic<int64_t> last_word_ns_{0};
   absl::Status received_;
 };
 

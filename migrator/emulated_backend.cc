@@ -4,7 +4,10 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <map>
+#include <set>
+#include <vector>
 #include <mutex>
 #include <thread>
 
@@ -55,6 +58,7 @@ class EmulatedBackend : public StrategyBackend {
       : options_(options), spawner_(spawner) {}
 
   ~EmulatedBackend() override {
+    for (auto& t : detachers_) t.join();
     std::lock_guard<std::mutex> lock(mu_);
     for (auto& [endpoint, pid] : owned_) {
       internal::Spawner::Stop(pid, 2000);
@@ -68,6 +72,7 @@ class EmulatedBackend : public StrategyBackend {
   }
 
   absl::StatusOr<Descriptor> Describe(const std::string& endpoint) override {
+    AwaitDetached(endpoint);
     auto dc = DeviceControl::Connect(endpoint);
     if (!dc.ok()) return dc.status();
     return agents::emulated::DescribeDevice(**dc);
@@ -75,6 +80,7 @@ class EmulatedBackend : public StrategyBackend {
 
   absl::StatusOr<std::unique_ptr<Agent>> OpenSource(
       const std::string& endpoint) override {
+    AwaitDetached(endpoint);
     auto dc = DeviceControl::Connect(endpoint);
     if (!dc.ok()) return dc.status();
     return agents::emulated::NewEmulatedSource(std::move(*dc));
@@ -158,10 +164,21 @@ class EmulatedBackend : public StrategyBackend {
     e.max_vram_bytes = e.available ? options_.max_vram_bytes : 0;
   }
 
-  // Called by EmulatedTarget.
-  void Adopt(const std::string& endpoint, pid_t pid) {
+  // Called by EmulatedTarget::Keep on activation. The destination agent
+  // detaches on a thread of its own: unmapping a VRAM it has written takes
+  // milliseconds (page tables), which the guest should not wait for.
+  // Attaching to the device again waits for that (AwaitDetached).
+  void Adopt(const std::string& endpoint, pid_t pid,
+             std::unique_ptr<Agent> agent) {
     std::lock_guard<std::mutex> lock(mu_);
     owned_[endpoint] = pid;
+    detaching_.insert(endpoint);
+    detachers_.emplace_back([this, endpoint, a = std::move(agent)]() mutable {
+      a.reset();
+      std::lock_guard<std::mutex> lock(mu_);
+      detaching_.erase(endpoint);
+      detached_.notify_all();
+    });
   }
 
  private:
@@ -169,8 +186,16 @@ class EmulatedBackend : public StrategyBackend {
   const EmulatedBackendOptions options_;
   internal::Spawner* spawner_;
   std::atomic<uint32_t> counter_{0};
+  void AwaitDetached(const std::string& endpoint) {
+    std::unique_lock<std::mutex> lock(mu_);
+    detached_.wait(lock, [&] { return detaching_.count(endpoint) == 0; });
+  }
+
   std::mutex mu_;
+  std::condition_variable detached_;
   std::map<std::string, pid_t> owned_;  // endpoint -> device process
+  std::set<std::string> detaching_;
+  std::vector<std::thread> detachers_;
 };
 
 EmulatedTarget::~EmulatedTarget() {
@@ -183,7 +208,7 @@ EmulatedTarget::~EmulatedTarget() {
 void EmulatedTarget::Keep() {
   if (kept_) return;
   kept_ = true;
-  backend_->Adopt(endpoint_, pid_);
+  backend_->Adopt(endpoint_, pid_, std::move(agent_));
 }
 
 }  // namespace

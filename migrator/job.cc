@@ -123,10 +123,12 @@ absl::Status Job::Checkpoint(Phase p) {
 
 absl::Status Job::Continue() {
   std::lock_guard<std::mutex> lock(mu_);
-  if (!paused_) {
+  if (!paused_ && !has_pause_) {
     return absl::FailedPreconditionError(
         absl::StrCat("job ", id_, " is not paused"));
   }
+  // Also releases a pause the job has announced but not reached yet.
+  has_pause_ = false;
   paused_ = false;
   changed_.notify_all();
   return absl::OkStatus();

@@ -13,6 +13,8 @@ PACKAGES=(
   libabsl-dev libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev libssl-dev
   # tests, fuzzing, benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev clang-format
+  # hosts as network namespaces, link cuts (end-to-end tests, demo)
+  iproute2 iptables procps
 )
 
 say() { printf 'setup: %s\n' "$*"; }

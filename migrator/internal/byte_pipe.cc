@@ -40,27 +40,35 @@ void BytePipe::CloseWrite(absl::Status why) {
 }
 
 absl::StatusOr<size_t> BytePipe::Read(absl::Span<uint8_t> out) {
+  // Fills `out` completely unless the stream ends first (the ByteSource
+  // contract), taking bytes as they arrive so the writer never waits on a
+  // reader that holds a half-filled buffer.
   std::unique_lock<std::mutex> lock(mu_);
-  changed_.wait(lock, [&] { return queued_ > 0 || write_closed_ || read_closed_; });
-  if (read_closed_) return read_status_;
-  if (queued_ == 0) {
-    if (!write_status_.ok()) return write_status_;
-    return size_t{0};
-  }
   size_t n = 0;
-  while (n < out.size() && !queue_.empty()) {
-    std::vector<uint8_t>& front = queue_.front();
-    size_t take = std::min(out.size() - n, front.size() - front_offset_);
-    std::memcpy(out.data() + n, front.data() + front_offset_, take);
-    n += take;
-    front_offset_ += take;
-    if (front_offset_ == front.size()) {
-      queue_.pop_front();
-      front_offset_ = 0;
+  while (n < out.size()) {
+    changed_.wait(lock, [&] {
+      return queued_ > 0 || write_closed_ || read_closed_;
+    });
+    if (read_closed_) return read_status_;
+    if (queued_ == 0) {
+      if (!write_status_.ok()) return write_status_;
+      break;  // clean end of stream
     }
+    size_t before = n;
+    while (n < out.size() && !queue_.empty()) {
+      std::vector<uint8_t>& front = queue_.front();
+      size_t take = std::min(out.size() - n, front.size() - front_offset_);
+      std::memcpy(out.data() + n, front.data() + front_offset_, take);
+      n += take;
+      front_offset_ += take;
+      if (front_offset_ == front.size()) {
+        queue_.pop_front();
+        front_offset_ = 0;
+      }
+    }
+    queued_ -= n - before;
+    changed_.notify_all();
   }
-  queued_ -= n;
-  changed_.notify_all();
   return n;
 }
 

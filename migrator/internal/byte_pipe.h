@@ -36,7 +36,8 @@ class BytePipe {
   // failed producer's tail is never applied.
   void CloseWrite(absl::Status why = absl::OkStatus());
 
-  // Consumer. Blocks until bytes arrive; 0 at a clean end of stream.
+  // Consumer. Fills `out` unless the stream ends first (short only then;
+  // 0 at a clean end).
   absl::StatusOr<size_t> Read(absl::Span<uint8_t> out);
   // The reader gives up; pending and future writes fail with `why`.
   void CloseRead(absl::Status why);
