@@ -502,7 +502,7 @@ int main(int argc, char** argv) {
     json out = json::array();
     if (!json_mode) {
       std::printf("%-32s %-12s %-10s %-20s %-10s %s\n", "SNAPSHOT", "VM", "TAG",
-                  "CREATED", "STATE", "NEW BYTES");
+                  "CREATED", "SIZE", "NEW BYTES");
     }
     for (auto r : reply->getSnapshots()) {
       out.push_back({{"id", r.getId().cStr()},

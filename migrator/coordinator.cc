@@ -344,6 +344,7 @@ absl::StatusOr<CompatReport> CheckMove(const Env& env, const std::string& vm,
 
 void RunMigration(const Env& env, Job& job, const MigrateRequest& request) {
   LogFn log = JobLogger(env, job.id(), request.vm);
+  const Clock::time_point job_start = Clock::now();
   const Config& cfg = *env.config;
   const uint32_t downtime_ms =
       request.downtime_ms ? request.downtime_ms : cfg.downtime_ms;
@@ -616,7 +617,7 @@ void RunMigration(const Env& env, Job& job, const MigrateRequest& request) {
     d.raw_bytes = st.raw_bytes;
     d.wire_bytes = st.stored_bytes;
     d.pending_bytes = 0;
-    d.total_seconds = Seconds(Clock::now() - meter.start);
+    d.total_seconds = Seconds(Clock::now() - job_start);
   });
 }
 

@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
-# The demo: what vgpu-migrate can do today, end to end, on this machine.
-# Until the migrator (vgpud, two hosts) lands, this is the most complete
-# flow there is: live-migrate an emulated vGPU between two device processes
-# on this host while a guest workload runs, and watch the workload carry on
-# at the destination; then the state-image and snapshot path every migration
-# and snapshot rides on: capture a vGPU's state into an image, inspect,
-# verify, re-encode, extract, see damage refused with the place it broke,
-# snapshot into a checkpoint store, dedup, restore, verify, delete, GC.
+# The demo: two hosts on this machine, each running vgpud with its own
+# checkpoint store, talking mutual TLS. A VM with an emulated vGPU runs the
+# counter workload on host1 and is live-migrated to host2 with
+# `vgpu-migrate --to host2 vm1`; the workload then carries on on host2 with
+# its invariant checked. As root the hosts are network namespaces joined by
+# a veth link; otherwise they share loopback. Then a snapshot on host2, and
+# a tour of the state-image and store tools every migration rides on.
 # Usage: tools/demo.sh [VRAM_SIZE]   (default 256M)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,55 +16,120 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 step "setup (installs missing Debian packages; idempotent)"
 tools/setup.sh
 
-step "build the tools"
+step "build"
 bazel build --disk_cache="$HOME/.cache/vgpu-migrate/bazel-disk" \
+  //migrator:vgpud //migrator:vgpu-migrate \
   //state-codecs/tools:vgpu-image //store/tools:vgpu-store \
-  //agents/emulated:vgpu-emu-device //agents/emulated:vgpu-emu-workload \
-  //agents/emulated/tools:vgpu-emu-migrate 2>&1 \
+  //agents/emulated:vgpu-emu-device //agents/emulated:vgpu-emu-workload 2>&1 \
   | grep -E '^(INFO: Build|ERROR)' || true
 bin="$(bazel info bazel-bin 2>/dev/null)"
+vgpud="$bin/migrator/vgpud"
+migrate="$bin/migrator/vgpu-migrate"
 tool="$bin/state-codecs/tools/vgpu-image"
 store_tool="$bin/store/tools/vgpu-store"
 device="$bin/agents/emulated/vgpu-emu-device"
 workload="$bin/agents/emulated/vgpu-emu-workload"
-migrate="$bin/agents/emulated/tools/vgpu-emu-migrate"
-for t in "$tool" "$store_tool" "$device" "$workload" "$migrate"; do
+for t in "$vgpud" "$migrate" "$tool" "$store_tool" "$device" "$workload"; do
   [ -x "$t" ] || { echo "demo: build failed ($t missing)" >&2; exit 1; }
 done
 
 work="$(mktemp -d /tmp/vgpu-demo.XXXXXX)"
 pids=()
+netns=0
+tag="vd$$"
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  if [ "$netns" = 1 ]; then
+    ip netns del "$tag-host1" 2>/dev/null || true
+    ip netns del "$tag-host2" 2>/dev/null || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-step "live migration: an emulated vGPU ($vram VRAM) with a guest workload running"
-"$device" --socket "$work/src.sock" --vram "$vram" --name vm1-gpu0 2>"$work/src.log" &
-pids+=($!)
-"$device" --socket "$work/dst.sock" --vram "$vram" --name vm1-gpu0 --incoming \
-  2>"$work/dst.log" &
-pids+=($!)
-for s in src dst; do
-  for _ in $(seq 100); do [ -S "$work/$s.sock" ] && break; sleep 0.05; done
+step "two hosts: host1 and host2, each with vgpud, its own store, mutual TLS"
+"$migrate" certs "$work/certs" host1 host2
+if [ "$(id -u)" = 0 ] && ip netns list >/dev/null 2>&1; then
+  netns=1
+  ip netns add "$tag-host1"
+  ip netns add "$tag-host2"
+  ip link add "$tag-a" type veth peer name "$tag-b"
+  ip link set "$tag-a" netns "$tag-host1"
+  ip link set "$tag-b" netns "$tag-host2"
+  ip -n "$tag-host1" addr add 10.79.0.1/24 dev "$tag-a"
+  ip -n "$tag-host2" addr add 10.79.0.2/24 dev "$tag-b"
+  for h in host1 host2; do
+    ip -n "$tag-$h" link set lo up
+  done
+  ip -n "$tag-host1" link set "$tag-a" up
+  ip -n "$tag-host2" link set "$tag-b" up
+  addr1=10.79.0.1; addr2=10.79.0.2; port1=7480; port2=7480
+  in1=(ip netns exec "$tag-host1"); in2=(ip netns exec "$tag-host2")
+  echo "network namespaces $tag-host1 (10.79.0.1) and $tag-host2 (10.79.0.2), joined by a veth link"
+else
+  addr1=127.0.0.1; addr2=127.0.0.1; port1=17481; port2=17482
+  in1=(); in2=()
+  echo "not root: both hosts on loopback (ports $port1 and $port2)"
+fi
+start_host() {  # name addr port peer peer_addr peer_port ns-prefix...
+  local name=$1 addr=$2 port=$3 peer=$4 peer_addr=$5 peer_port=$6
+  shift 6
+  mkdir -p "$work/$name"
+  "$@" "$vgpud" --host "$name" --listen "$addr:$port" \
+    --control "$work/$name/control.sock" --store "$work/$name/store" \
+    --run-dir "$work/$name/run" --peer "$peer=$peer_addr:$peer_port" \
+    --tls-dir "$work/certs" --device-binary "$device" \
+    >"$work/$name/vgpud.log" 2>&1 &
+  pids+=($!)
+}
+start_host host1 "$addr1" "$port1" host2 "$addr2" "$port2" "${in1[@]}"
+start_host host2 "$addr2" "$port2" host1 "$addr1" "$port1" "${in2[@]}"
+for h in host1 host2; do
+  for _ in $(seq 200); do [ -S "$work/$h/control.sock" ] && break; sleep 0.05; done
+  [ -S "$work/$h/control.sock" ] || { cat "$work/$h/vgpud.log"; exit 1; }
 done
-echo "source device and an --incoming destination device started"
-# The guest keeps incrementing a counter in every VRAM page, in order,
-# at 8000 pages (31 MiB) per second, and draws frames.
-"$workload" --socket "$work/src.sock" --pages-per-second 8000 \
-  >"$work/workload-src.log" 2>&1 &
+h1=("$migrate" --socket "$work/host1/control.sock")
+h2=("$migrate" --socket "$work/host2/control.sock")
+sed -n 1p "$work/host1/vgpud.log"
+sed -n 1p "$work/host2/vgpud.log"
+
+step "vm1 on host1: an emulated vGPU ($vram of VRAM) running the counter workload"
+"$device" --socket "$work/vm1-gpu0.sock" --vram "$vram" --name vm1-gpu0 \
+  >"$work/vm1-gpu0.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do [ -S "$work/vm1-gpu0.sock" ] && break; sleep 0.05; done
+"${h1[@]}" register vm1 --device "emulation:$work/vm1-gpu0.sock"
+# The guest increments a counter in every VRAM page, in order, at 8000
+# pages (31 MiB) per second, and draws frames.
+"$workload" --socket "$work/vm1-gpu0.sock" --pages-per-second 8000 \
+  >"$work/workload-host1.log" 2>&1 &
 wl=$!
 sleep 2
-"$migrate" --from "$work/src.sock" --to "$work/dst.sock"
+"${h1[@]}" list
+
+step "may vm1 move to host2? vgpu-migrate --check --to host2 vm1"
+"${h1[@]}" --check --to host2 vm1
+
+step "live migration: vgpu-migrate --to host2 vm1"
+"${h1[@]}" --to host2 vm1
 kill -9 "$wl" 2>/dev/null || true
 wait "$wl" 2>/dev/null || true
-echo "source workload, last progress line: $(tail -1 "$work/workload-src.log")"
-echo "the workload now runs on the destination, carrying on from the migrated counters:"
-"$workload" --socket "$work/dst.sock" --duration 2 2>&1 | sed -n '1p;$p'
+echo "host1's workload, last progress line: $(tail -1 "$work/workload-host1.log")"
 
-step "capture: a vGPU with $vram of VRAM -> $work/vm1.vgi"
+step "vm1 now runs on host2; host1 no longer has it"
+"${h2[@]}" list
+"${h1[@]}" list
+endpoint=$("${h2[@]}" --json list | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["devices"][0]["endpoint"])')
+echo "the workload carries on on host2 from the migrated counters (it checks the invariant first):"
+"$workload" --socket "$endpoint" --duration 2 2>&1 | sed -n '1p;$p'
+
+step "snapshot vm1 on host2 into host2's store, list, verify"
+"${h2[@]}" snapshot vm1 --tag demo
+"${h2[@]}" snapshots
+"${h2[@]}" verify
+
+step "the formats underneath: one vGPU's state as an image file"
 "$tool" sample --vram "$vram" "$work/vm1.vgi"
 
 step "inspect: vgpu-image show"
@@ -116,4 +180,4 @@ step "verify every chunk in the store, delete a snapshot, collect garbage"
 "${store[@]}" stats
 
 step "done"
-echo "Machine-readable forms: add --json. Full help: $tool --help and $store_tool --help"
+echo "Machine-readable forms: add --json. Help: vgpu-migrate --help, vgpud --help, $tool --help"
