@@ -317,16 +317,18 @@ absl::Status Cluster::StartHost(int i) {
   return absl::DeadlineExceededError(h.name + ": vgpud did not come up");
 }
 
-void Cluster::StopHost(int i, int sig) {
+int Cluster::StopHost(int i, int sig) {
   Host& h = hosts_[i];
-  if (h.pid <= 0) return;
+  if (h.pid <= 0) return -1;
   kill(h.pid, sig);
+  int status = -1;
   for (int n = 0; n < 1000; ++n) {
-    if (waitpid(h.pid, nullptr, WNOHANG) == h.pid) break;
+    if (waitpid(h.pid, &status, WNOHANG) == h.pid) break;
     if (n == 500) kill(h.pid, SIGKILL);
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   h.pid = -1;
+  return status;
 }
 
 bool Cluster::HostRunning(int i) {

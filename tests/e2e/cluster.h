@@ -81,7 +81,8 @@ class Cluster {
 
   absl::Status StartHost(int i);
   // Signals vgpud of host i and reaps it (SIGKILL: no cleanup at all).
-  void StopHost(int i, int sig);
+  // Returns its wait status (-1 if it was not running).
+  int StopHost(int i, int sig);
   bool HostRunning(int i);
   // Cuts / heals host i's network link (iptables DROP both ways inside its
   // namespace). UNIMPLEMENTED in loopback mode.

@@ -3,10 +3,13 @@
 // them, compatibility refusals, and snapshot/restore through vgpud
 // (RELIABILITY.md scenarios 7 and 11's chained A -> B -> C).
 #include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 
 #include "agents/emulated/command.h"
+#include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "tests/e2e/checks.h"
 #include "tests/e2e/cluster.h"
@@ -186,6 +189,96 @@ TEST(Migration, SnapshotAndRestoreThroughVgpud) {
   EXPECT_EQ(refused->state, "failed");
   EXPECT_NE(refused->error.find("already exists"), std::string::npos)
       << refused->error;
+}
+
+// Runs vgpu-migrate against host `host`; returns its exit status and
+// output (stdout and stderr).
+int Cli(Cluster& c, int host, const std::string& args, std::string* out) {
+  std::string cmd = Cluster::Runfile("migrator/vgpu-migrate") + " --socket " +
+                    c.Control(host) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return -1;
+  char buf[4096];
+  out->clear();
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out->append(buf, n);
+  int rc = pclose(p);
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+TEST(Cli, ExitCodesAndErrorsAUserSees) {
+  ClusterOptions o = Hosts(2);
+  o.max_vram[1] = "8M";
+  auto c = MakeCluster(o);
+  ASSERT_NE(c, nullptr);
+  auto dev = c->StartDevice("vm1-gpu0", "16M");
+  ASSERT_TRUE(dev.ok());
+  std::string out;
+  ASSERT_EQ(Cli(*c, 0, "register vm1 --device emulation:" + *dev, &out), 0)
+      << out;
+  EXPECT_EQ(Cli(*c, 0, "list", &out), 0);
+  EXPECT_NE(out.find("vm1"), std::string::npos) << out;
+  EXPECT_NE(out.find("16.0 MiB"), std::string::npos) << out;
+
+  // Refused by the compatibility check: exit 3 and the rule in the table.
+  EXPECT_EQ(Cli(*c, 0, "--check --to host2 vm1", &out), 3) << out;
+  EXPECT_NE(out.find("REFUSED"), std::string::npos) << out;
+  EXPECT_NE(out.find("vram"), std::string::npos) << out;
+  EXPECT_EQ(Cli(*c, 0, "--to host2 vm1", &out), 3) << out;
+  EXPECT_NE(out.find("running again"), std::string::npos) << out;
+
+  EXPECT_EQ(Cli(*c, 0, "--to nowhere vm1", &out), 1);
+  EXPECT_NE(out.find("nowhere"), std::string::npos) << out;
+  EXPECT_EQ(Cli(*c, 0, "--to host2 vm9", &out), 1);
+  EXPECT_NE(out.find("no VM named vm9"), std::string::npos) << out;
+  std::string missing = c->Dir() + "/nothing.sock";
+  FILE* p = popen((Cluster::Runfile("migrator/vgpu-migrate") + " --socket " +
+                   missing + " list 2>&1").c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  char buf[512] = {0};
+  size_t n = fread(buf, 1, sizeof(buf) - 1, p);
+  buf[n] = 0;
+  EXPECT_EQ(WEXITSTATUS(pclose(p)), 1);
+  EXPECT_NE(std::string(buf).find("is vgpud running?"), std::string::npos) << buf;
+
+  // A snapshot, JSON for machines.
+  EXPECT_EQ(Cli(*c, 0, "--json snapshot vm1 --tag t", &out), 0) << out;
+  EXPECT_NE(out.find("\"state\": \"done\""), std::string::npos) << out;
+  EXPECT_EQ(Cli(*c, 0, "verify", &out), 0) << out;
+  EXPECT_NE(out.find("all intact"), std::string::npos) << out;
+}
+
+TEST(Daemon, SigtermDuringAMigrationResumesTheSourceAndExitsZero) {
+  auto c = MakeCluster(Hosts(2));
+  ASSERT_NE(c, nullptr);
+  auto dev = c->StartDevice("vm1-gpu0", "32M");
+  ASSERT_TRUE(dev.ok());
+  ASSERT_TRUE(FillRandom(*dev, 32 << 20, 5).ok());
+  ASSERT_TRUE(c->Register(0, "vm1", {*dev}).ok());
+  MigrateOpts slow;
+  slow.bandwidth = 8 << 20;
+  auto job = c->Migrate(0, "vm1", 1, slow);
+  ASSERT_TRUE(job.ok());
+  ASSERT_TRUE(c->WaitJob(0, *job, absl::Seconds(20), "precopy").ok());
+  usleep(500 * 1000);
+  int status = c->StopHost(0, SIGTERM);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+      << "vgpud did not exit 0 on SIGTERM: wait status " << status;
+  EXPECT_TRUE(DeviceRuns(*dev)) << "vgpud stopped without resuming the source";
+  // host2 drops what it prepared once the link closes.
+  absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (Cluster::CountProcesses(c->Dir() + "/host2/run/") > 0 &&
+         absl::Now() < deadline) {
+    usleep(100 * 1000);
+  }
+  EXPECT_EQ(Cluster::CountProcesses(c->Dir() + "/host2/run/"), 0);
+  // A restarted host1 knows nothing of vm1 until it is registered again,
+  // and the migration then goes through.
+  ASSERT_TRUE(c->StartHost(0).ok());
+  ASSERT_TRUE(c->Register(0, "vm1", {*dev}).ok());
+  auto done = c->MigrateAndWait(0, "vm1", 1);
+  ASSERT_TRUE(done.ok());
+  EXPECT_EQ(done->state, "done") << done->error;
 }
 
 }  // namespace
