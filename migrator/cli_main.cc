@@ -217,6 +217,11 @@ int main(int argc, char** argv) {
       "  vgpu-migrate --check --to host2 vm1  may vm1 move? (exit 3 if not)\n"
       "  vgpu-migrate snapshot vm1 --tag nightly\n"
       "  vgpu-migrate restore vm1 SNAPSHOT_ID"};
+  app.name("vgpu-migrate");
+  app.footer(
+      "Exit status: 0 done, 1 failed, 2 usage, 3 refused by the "
+      "compatibility check, 4 cancelled. Ctrl-C during a migration cancels "
+      "it (the source resumes). More: docs/OPERATIONS.md");
   app.require_subcommand(0, 1);
   std::string socket = "/run/vgpud/control.sock";
   bool json_mode = false;
@@ -296,7 +301,12 @@ int main(int argc, char** argv) {
   certs->add_option("hosts", hosts, "host names")->required();
   certs->add_option("--ip", ips, "IP addresses to add to every certificate");
 
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help is a "parse error" that exits 0; real usage errors exit 2.
+    return app.exit(e) == 0 ? 0 : 2;
+  }
   signal(SIGPIPE, SIG_IGN);
 
   if (certs->parsed()) {

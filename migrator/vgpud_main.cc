@@ -33,6 +33,8 @@ int main(int argc, char** argv) {
       "API for vgpu-migrate, the libvirt hook and cloud control planes on a "
       "root-only Unix socket, and the peer protocol (mutual TLS) for other "
       "hosts' vgpud."};
+  app.name("vgpud");
+  app.footer("Config keys, TLS setup and troubleshooting: docs/OPERATIONS.md");
   std::string config_path = kDefaultConfigPath;
   std::string host, listen, control, store, run_dir, tls_dir, device_binary;
   std::vector<std::string> peers;
