@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the state-codecs fuzz targets (clang + libFuzzer + ASan) and runs
+# Builds the fuzz targets (state-codecs decoders; what vgpud computes from a
+# peer's input) with clang + libFuzzer + ASan and runs
 # each for a bounded time from a scratch copy of its committed seed corpus.
 #
 #   tools/fuzz.sh [SECONDS_PER_TARGET]    (default 30)
@@ -28,16 +29,20 @@ bazel=(bazel "--output_base=$out/bazel")
 build_flags=(--config=fuzz --symlink_prefix=/ --strip=never
   "--disk_cache=$HOME/.cache/vgpu-migrate/bazel-disk")
 
-# target:corpus directory under state-codecs/fuzz/corpus
+# package:target:seed corpus directory under PACKAGE/corpus
 targets=(
-  manifest_fuzzer:manifest
-  section_fuzzer:section
-  stream_fuzzer:stream
+  state-codecs/fuzz:manifest_fuzzer:manifest
+  state-codecs/fuzz:section_fuzzer:section
+  state-codecs/fuzz:stream_fuzzer:stream
+  migrator/fuzz:peer_input_fuzzer:peer_input
 )
 
 mkdir -p "$out/logs" "$out/artifacts"
 labels=()
-for t in "${targets[@]}"; do labels+=("//state-codecs/fuzz:${t%%:*}"); done
+for t in "${targets[@]}"; do
+  IFS=: read -r pkg name _ <<<"$t"
+  labels+=("//$pkg:$name")
+done
 
 build_log="$out/logs/build.log"
 start=$(date +%s)
@@ -48,7 +53,7 @@ if ! "${bazel[@]}" build "${build_flags[@]}" "${labels[@]}" >"$build_log" 2>&1; 
   exit 1
 fi
 echo "fuzz build: $(( $(date +%s) - start ))s" >&2
-bin="$("${bazel[@]}" info "${build_flags[@]}" bazel-bin 2>/dev/null)/state-codecs/fuzz"
+bin="$("${bazel[@]}" info "${build_flags[@]}" bazel-bin 2>/dev/null)"
 
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:symbolize=1}"
 if [[ -z "${ASAN_SYMBOLIZER_PATH:-}" ]] && command -v llvm-symbolizer >/dev/null; then
@@ -57,8 +62,8 @@ fi
 
 failed=0
 for t in "${targets[@]}"; do
-  name="${t%%:*}"
-  seeds="state-codecs/fuzz/corpus/${t#*:}"
+  IFS=: read -r pkg name seeds_dir <<<"$t"
+  seeds="$pkg/corpus/$seeds_dir"
   corpus="$out/corpus/$name"
   log="$out/logs/$name.log"
   # Fuzz a scratch copy: new inputs libFuzzer keeps never touch the seeds.
@@ -66,7 +71,7 @@ for t in "${targets[@]}"; do
   mkdir -p "$corpus"
   cp -R "$seeds/." "$corpus/"
   rc=0
-  "$bin/$name" \
+  "$bin/$pkg/$name" \
     -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 \
     -max_len=1048576 -print_final_stats=1 \
     -artifact_prefix="$out/artifacts/$name-" \
