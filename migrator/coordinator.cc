@@ -495,6 +495,17 @@ void RunMigration(const Env& env, Job& job, const MigrateRequest& request) {
     if (job.cancelled()) return abort(absl::CancelledError("cancelled"));
   }
 
+  // Let the destination's loader catch up while the vGPUs still run: its
+  // backlog would otherwise be paid for in the downtime.
+  {
+    if (auto s = sink.Sync(); !s.ok()) return abort(s);
+    auto reply = link.rpc->Wait(incoming->drainRequest().send(),
+                                env.peer_timeout + absl::Seconds(30),
+                                absl::StrCat("drain on ", request.to));
+    absl::Status s = reply.ok() ? GetError(reply->getError()) : reply.status();
+    if (!s.ok()) return abort(s);
+  }
+
   // Perform: stop-copy. From here the guest's vGPUs are stopped.
   job.Update([&](JobData& d) {
     d.phase = Phase::kStopCopy;
@@ -867,6 +878,15 @@ class IncomingState {
     return s;
   }
 
+  absl::Status Drain() {
+    Touch();
+    pipe_.WaitDrained();
+    Touch();
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stage_ == Stage::kTornDown) return torn_down_why_;
+    return absl::OkStatus();
+  }
+
   absl::Status Finish() {
     Touch();
     const Clock::time_point start = Clock::now();
@@ -1073,6 +1093,10 @@ class IncomingServer final : public schema::Incoming::Server {
   kj::Promise<void> write(WriteContext context) override {
     absl::Status s = state_->Write(context.getParams().getData());
     SetError(s, context.getResults().initError());
+    return kj::READY_NOW;
+  }
+  kj::Promise<void> drain(DrainContext context) override {
+    SetError(state_->Drain(), context.getResults().initError());
     return kj::READY_NOW;
   }
   kj::Promise<void> finish(FinishContext context) override {

@@ -257,6 +257,7 @@ class EmulatedDestination : public EmulatedAgentBase {
         auto vram = device_->mutable_vram();
         if (!vram.ok()) return vram.status();
         std::memset(vram->data(), 0, vram->size());
+        std::fill(written_.begin(), written_.end(), 0);
         return absl::OkStatus();
       }
       default:
@@ -306,11 +307,13 @@ class EmulatedDestination : public EmulatedAgentBase {
           uint64_t n = std::min(length, seg_end - offset);
           uint8_t* dst = vram->data() + segments[i].second +
                          (offset - segments[i].first);
+          const uint64_t at = dst - vram->data();
           if (bytes != nullptr) {
             std::memcpy(dst, bytes, n);
             bytes += n;
+            MarkWritten(at, n);
           } else {
-            std::memset(dst, 0, n);
+            ZeroWritten(vram->data(), at, n);
           }
           offset += n;
           length -= n;
@@ -325,7 +328,7 @@ class EmulatedDestination : public EmulatedAgentBase {
           });
       if (!s.ok()) return s;
       for (auto z : h.getMemoryRegion().getZeroRanges()) {
-        std::memset(vram->data() + z.getFirst() * kPageBytes, 0,
+        ZeroWritten(vram->data(), z.getFirst() * kPageBytes,
                     z.getCount() * kPageBytes);
       }
       return absl::OkStatus();
@@ -354,6 +357,32 @@ class EmulatedDestination : public EmulatedAgentBase {
 
  private:
   std::vector<uint8_t> staged_regs_, staged_ring_;
+  // Pages this agent has written since the device was fresh (all zeros).
+  // Zero runs need clearing only there: the initial pass of a mostly empty
+  // VRAM then costs no memset (and no page faults) at the destination,
+  // which keeps the loader from trailing the stream into the downtime.
+  std::vector<uint64_t> written_ = std::vector<uint64_t>((pages_ + 63) / 64);
+
+  void MarkWritten(uint64_t offset, uint64_t length) {
+    for (uint64_t p = offset / kPageBytes; p * kPageBytes < offset + length;
+         ++p) {
+      written_[p / 64] |= uint64_t{1} << (p % 64);
+    }
+  }
+  void ZeroWritten(uint8_t* vram, uint64_t offset, uint64_t length) {
+    const uint64_t end = offset + length;
+    for (uint64_t p = offset / kPageBytes; p * kPageBytes < end; ++p) {
+      if ((written_[p / 64] >> (p % 64) & 1) == 0) continue;
+      const uint64_t from = std::max(offset, p * kPageBytes);
+      const uint64_t to = std::min(end, (p + 1) * kPageBytes);
+      std::memset(vram + from, 0, to - from);
+      // Cleared only if the whole page was: a partly zeroed page may still
+      // hold other bytes.
+      if (from == p * kPageBytes && to == (p + 1) * kPageBytes) {
+        written_[p / 64] &= ~(uint64_t{1} << (p % 64));
+      }
+    }
+  }
 };
 
 }  // namespace

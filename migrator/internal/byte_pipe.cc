@@ -46,9 +46,14 @@ absl::StatusOr<size_t> BytePipe::Read(absl::Span<uint8_t> out) {
   std::unique_lock<std::mutex> lock(mu_);
   size_t n = 0;
   while (n < out.size()) {
-    changed_.wait(lock, [&] {
-      return queued_ > 0 || write_closed_ || read_closed_;
-    });
+    if (queued_ == 0 && !write_closed_ && !read_closed_) {
+      reader_waiting_ = true;
+      changed_.notify_all();
+      changed_.wait(lock, [&] {
+        return queued_ > 0 || write_closed_ || read_closed_;
+      });
+      reader_waiting_ = false;
+    }
     if (read_closed_) return read_status_;
     if (queued_ == 0) {
       if (!write_status_.ok()) return write_status_;
@@ -82,6 +87,13 @@ void BytePipe::CloseRead(absl::Status why) {
   queued_ = 0;
   front_offset_ = 0;
   changed_.notify_all();
+}
+
+void BytePipe::WaitDrained() {
+  std::unique_lock<std::mutex> lock(mu_);
+  changed_.wait(lock, [&] {
+    return (queued_ == 0 && reader_waiting_) || write_closed_ || read_closed_;
+  });
 }
 
 uint64_t BytePipe::bytes_written() const {

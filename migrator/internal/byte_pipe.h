@@ -42,6 +42,10 @@ class BytePipe {
   // The reader gives up; pending and future writes fail with `why`.
   void CloseRead(absl::Status why);
 
+  // Blocks until everything written has been read and the reader waits
+  // for more, or either end closed.
+  void WaitDrained();
+
   uint64_t bytes_written() const;
 
   // Adapters; they borrow the pipe. The sink's Close is CloseWrite(OK).
@@ -62,6 +66,7 @@ class BytePipe {
   bool write_closed_ = false;
   absl::Status write_status_;  // why the writer closed
   bool read_closed_ = false;
+  bool reader_waiting_ = false;  // blocked in Read for more bytes
   absl::Status read_status_;
 };
 

@@ -61,4 +61,9 @@ interface Incoming {
   # The source gives up (cancel, its own failure). Everything prepared is
   # torn down. Also what happens when the connection drops before confirm.
   abort @3 (reason :Text) -> ();
+
+  # Returns once the destination has loaded every byte written so far (its
+  # loader waits for more). The source calls it before stopping the vGPUs,
+  # so that the loader's backlog is not carried into the downtime.
+  drain @4 () -> (error :C.Error);
 }
