@@ -139,14 +139,21 @@ absl::Status Follow(Session& session, const std::string& id, bool json_mode,
     seq = st.getSeq();
     std::string phase = st.getPhase();
     if (tty) {
+      // [####......] is the current round: what it set out to send.
       double rate = st.getRateBytesPerSec();
-      std::string eta = rate > 0 && st.getPendingBytes() > 0
-                            ? absl::StrFormat("%.1fs", st.getPendingBytes() / rate)
+      const uint64_t total = st.getRoundTotal();
+      const double frac =
+          total > 0 ? std::min(1.0, static_cast<double>(st.getRoundBytes()) / total)
+                    : 0.0;
+      std::string bar(static_cast<size_t>(frac * 20), '#');
+      bar.resize(20, '.');
+      std::string eta = rate > 0 && total > st.getRoundBytes()
+                            ? absl::StrFormat("%.1fs", st.getEtaSeconds())
                             : "-";
       std::fprintf(stderr,
-                   "\r\033[K%s %-8s round %u | %s sent (%s wire) | %s/s | "
-                   "pending %s | est. downtime %.0f ms | ETA %s",
-                   label.c_str(), phase.c_str(), st.getRound(),
+                   "\r\033[K%s %-8s round %u [%s] %s sent (%s wire) %s/s | "
+                   "pending %s, est. downtime %.1f ms | ETA %s",
+                   label.c_str(), phase.c_str(), st.getRound(), bar.c_str(),
                    HumanBytes(st.getRawBytes()).c_str(),
                    HumanBytes(st.getWireBytes()).c_str(),
                    HumanBytes(rate).c_str(),

@@ -425,6 +425,7 @@ void RunMigration(const Env& env, Job& job, const MigrateRequest& request) {
   const uint64_t* wire_sent = nullptr;  // the sink's count, once it exists
   uint64_t pending_now = 0;
   uint32_t round_now = 0;
+  uint64_t round_start_raw = 0, round_total = 0;
   auto publish = [&] {
     if (writer == nullptr) return;
     const codec::StreamStats& st = writer->stats();
@@ -435,6 +436,11 @@ void RunMigration(const Env& env, Job& job, const MigrateRequest& request) {
       d.rate = meter.rate;
       d.round = round_now;
       d.pending_bytes = pending_now;
+      d.round_total = round_total;
+      d.round_bytes = std::min(round_total, st.raw_bytes - round_start_raw);
+      if (meter.rate > 0) {
+        d.eta_seconds = (round_total - d.round_bytes) / meter.rate;
+      }
       if (meter.rate > 0) {
         d.est_downtime_ms = 1000.0 * pending_now / meter.rate;
       }
@@ -458,10 +464,29 @@ void RunMigration(const Env& env, Job& job, const MigrateRequest& request) {
   uint64_t previous = UINT64_MAX;
   uint32_t rounds = 0;
   std::vector<uint64_t> round_pending;
+  auto pending_total = [&]() -> absl::StatusOr<uint64_t> {
+    uint64_t total = 0;
+    for (auto& a : set.agents) {
+      auto p = a->Pending();
+      if (!p.ok()) return p.status();
+      total += p->total();
+    }
+    return total;
+  };
+  {
+    auto initial = pending_total();
+    if (!initial.ok()) return abort(initial.status());
+    pending_now = round_total = *initial;
+  }
   for (uint32_t round = 0; round < max_rounds; ++round) {
     round_now = round;
     Clock::time_point round_start = Clock::now();
     uint64_t raw_before = writer->stats().raw_bytes;
+    // The downtime estimate needs the rate of bytes that cost something:
+    // elided zero pages move at memory speed and would flatter it.
+    const uint64_t costly_before = raw_before - writer->stats().zero_bytes;
+    round_start_raw = raw_before;
+    round_total = pending_now;
     for (size_t i = 0; i < set.agents.size(); ++i) {
       if (auto s = set.agents[i]->Save(*writer, i, round); !s.ok()) {
         return abort(s);
@@ -470,15 +495,14 @@ void RunMigration(const Env& env, Job& job, const MigrateRequest& request) {
     // The round counts once the destination has it: its bytes are answered.
     if (auto s = sink.Sync(); !s.ok()) return abort(s);
     rounds = round + 1;
-    uint64_t pending = 0;
-    for (auto& a : set.agents) {
-      auto p = a->Pending();
-      if (!p.ok()) return abort(p.status());
-      pending += p->total();
-    }
+    auto pending_or = pending_total();
+    if (!pending_or.ok()) return abort(pending_or.status());
+    const uint64_t pending = *pending_or;
     double dt = Seconds(Clock::now() - round_start);
     uint64_t moved = writer->stats().raw_bytes - raw_before;
-    if (dt > 0 && moved > 0) meter.rate = moved / dt;
+    uint64_t costly =
+        writer->stats().raw_bytes - writer->stats().zero_bytes - costly_before;
+    if (dt > 0 && costly > 0) meter.rate = costly / dt;
     pending_now = pending;
     round_pending.push_back(pending);
     publish();
@@ -507,6 +531,9 @@ void RunMigration(const Env& env, Job& job, const MigrateRequest& request) {
   }
 
   // Perform: stop-copy. From here the guest's vGPUs are stopped.
+  round_now = rounds;
+  round_start_raw = writer->stats().raw_bytes;
+  round_total = pending_now;
   job.Update([&](JobData& d) {
     d.phase = Phase::kStopCopy;
     d.round = rounds;

@@ -117,6 +117,8 @@ void FillStatus(const JobData& d, schema::JobStatus::Builder out) {
   out.setSourceResumed(d.source_resumed);
   internal::SetReport(d.report, out.initReport());
   out.setTotalSeconds(d.total_seconds);
+  out.setRoundBytes(d.round_bytes);
+  out.setRoundTotal(d.round_total);
   auto rounds = out.initRounds(d.rounds.size());
   for (size_t i = 0; i < d.rounds.size(); ++i) rounds.set(i, d.rounds[i]);
 }

@@ -63,6 +63,8 @@ struct JobData {
   bool source_resumed = false;
   CompatReport report;  // when Prepare refused
   std::vector<uint64_t> rounds;  // pending after each round
+  uint64_t round_bytes = 0;      // sent in the current round
+  uint64_t round_total = 0;      // pending when the current round began
 };
 
 class Job {

@@ -78,6 +78,11 @@ absl::Status ChunkEncoder::Encode(absl::Span<const uint8_t> raw,
     return absl::OkStatus();
   }
   out->checksum = ChunkChecksum(raw);
+  if (level_ == 0) {
+    out->codec = ChunkCodec::kStored;
+    out->payload.assign(raw);
+    return absl::OkStatus();
+  }
   out->payload.resize(ZSTD_compressBound(raw.size()));
   size_t n = ZSTD_compress2(impl_->cctx, out->payload.data(),
                             out->payload.size(), raw.data(), raw.size());

@@ -78,7 +78,9 @@ struct EncodedChunk {
 
 class ChunkEncoder {
  public:
-  // `level` is a zstd level; 1 is the fast default.
+  // `level` is a zstd level; 1 is the fast default. 0 turns compression off:
+  // every non-zero chunk is stored as it is (zero chunks are still elided),
+  // for links where compressing costs more time than it saves.
   explicit ChunkEncoder(int level);
   ~ChunkEncoder();
   ChunkEncoder(const ChunkEncoder&) = delete;

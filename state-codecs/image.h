@@ -49,7 +49,7 @@ struct Limits {
 
 struct WriterOptions {
   uint32_t chunk_size = 256 << 10;  // bytes; 4 KiB .. Limits::max_chunk_bytes
-  int zstd_level = 1;
+  int zstd_level = 1;  // 0: no compression (stored chunks)
   // Compression threads; 0 = one per core. 1 compresses on the caller's
   // thread with no hand-off.
   int threads = 0;

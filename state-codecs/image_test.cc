@@ -102,7 +102,23 @@ INSTANTIATE_TEST_SUITE_P(
     Options, RoundTripTest,
     ::testing::Values(Config{4096, 1, 1}, Config{256 << 10, 1, 2},
                       Config{1 << 20, 3, 2}, Config{65536, -5, 1},
-                      Config{16 << 20, 1, 2}));
+                      Config{16 << 20, 1, 2}, Config{256 << 10, 0, 2}));
+
+TEST(ImageTest, LevelZeroStoresChunksUncompressed) {
+  // Compressible bytes: level 1 shrinks them, level 0 must not.
+  std::vector<uint8_t> raw(1 << 20);
+  for (size_t i = 0; i < raw.size(); ++i) raw[i] = static_cast<uint8_t>(i % 7 + 1);
+  EncodedChunk stored, packed;
+  ASSERT_TRUE(ChunkEncoder(0).Encode(raw, &stored).ok());
+  ASSERT_TRUE(ChunkEncoder(1).Encode(raw, &packed).ok());
+  EXPECT_EQ(stored.codec, ChunkCodec::kStored);
+  ASSERT_EQ(stored.payload.size(), raw.size());
+  EXPECT_EQ(0, std::memcmp(stored.payload.data(), raw.data(), raw.size()));
+  EXPECT_EQ(packed.codec, ChunkCodec::kZstd);
+  std::vector<uint8_t> zeros(4096);
+  ASSERT_TRUE(ChunkEncoder(0).Encode(zeros, &stored).ok());
+  EXPECT_EQ(stored.codec, ChunkCodec::kZero);  // still elided
+}
 
 TEST(ImageTest, WriterOutputIsIndependentOfThreadCount) {
   std::vector<uint8_t> first;

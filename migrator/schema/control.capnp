@@ -59,6 +59,8 @@ struct JobStatus {
   report @19 :C.CompatReport;     # when Prepare refused
   totalSeconds @20 :Float64;
   rounds @21 :List(UInt64);       # pending bytes after each round
+  roundBytes @22 :UInt64;         # state bytes sent in the current round
+  roundTotal @23 :UInt64;         # what the current round set out to send
 }
 
 struct SnapshotRecord {
