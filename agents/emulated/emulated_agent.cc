@@ -147,11 +147,27 @@ class EmulatedSource : public EmulatedAgentBase {
       // from now on is dirty again and goes in a later round.
       absl::Span<const uint8_t> vram = device_->vram();
       if (auto id = w.BeginSection(h); !id.ok()) return id.status();
+      // While the device runs, its pages change under us. The writer reads
+      // a chunk more than once (zero check, checksum, compression), so a
+      // live page would reach the destination torn: checksummed in one
+      // version, compressed in another, and refused as damage. Each piece
+      // is copied once into a private buffer first; what the copy caught
+      // mid-write is dirty again and is sent again. A quiesced device's
+      // pages are stable and go straight from the mapping.
+      const bool live = state() == State::kPreCopy;
       for (auto [first, count] : runs) {
-        if (absl::Status s =
-                w.Write(vram.subspan(first * kPageBytes, count * kPageBytes));
-            !s.ok()) {
-          return s;
+        absl::Span<const uint8_t> run =
+            vram.subspan(first * kPageBytes, count * kPageBytes);
+        while (!run.empty()) {
+          absl::Span<const uint8_t> piece =
+              run.subspan(0, std::min<size_t>(run.size(), kStagingBytes));
+          if (live) {
+            staging_.resize(kStagingBytes);
+            std::memcpy(staging_.data(), piece.data(), piece.size());
+            piece = absl::MakeConstSpan(staging_.data(), piece.size());
+          }
+          if (absl::Status s = w.Write(piece); !s.ok()) return s;
+          run.remove_prefix(piece.size());
         }
       }
       if (absl::Status s = w.EndSection(); !s.ok()) return s;
@@ -221,6 +237,9 @@ class EmulatedSource : public EmulatedAgentBase {
   std::vector<uint64_t> pending_;  // pages to send
   bool tracking_ = false;
   bool sent_pages_ = false;
+  // Pre-copy reads live pages through this, a piece at a time (DoSave).
+  static constexpr size_t kStagingBytes = 4 << 20;
+  std::vector<uint8_t> staging_;
   bool blobs_sent_ = false;
 };
 
