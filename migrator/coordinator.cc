@@ -510,7 +510,10 @@ void RunMigration(const Env& env, Job& job, const MigrateRequest& request) {
       d.rounds = round_pending;
       d.eta_seconds = meter.rate > 0 ? pending / meter.rate : 0;
     });
-    const double budget_bytes = meter.rate * downtime_ms / 1000.0;
+    // Half the budget is for the final copy; the rest is headroom for
+    // finish and activation, and for the rate estimate being optimistic
+    // (the dirty set keeps growing while the last round is measured).
+    const double budget_bytes = meter.rate * downtime_ms / 2000.0;
     log(absl::StrFormat(
         "precopy round %u: %u bytes in %.3f s, %u pending (budget %.0f)",
         round, moved, dt, pending, budget_bytes));
