@@ -1149,28 +1149,48 @@ class IncomingServer final : public schema::Incoming::Server {
 
 class PeerServer final : public schema::Peer::Server {
  public:
-  PeerServer(const Env& env, JobTable* jobs, IncomingRegistry* registry)
-      : env_(env), jobs_(jobs), registry_(registry) {}
+  PeerServer(const Env& env, JobTable* jobs, IncomingRegistry* registry,
+             std::function<bool(const std::string&)> peer_is)
+      : env_(env), jobs_(jobs), registry_(registry), peer_is_(std::move(peer_is)) {}
 
   kj::Promise<void> hello(HelloContext context) override {
     auto params = context.getParams();
-    peer_ = params.getHost();
+    const std::string claimed = params.getHost();
     auto results = context.getResults();
     results.setHost(env_.config->host);
     results.setProtocol(schema::PEER_PROTOCOL);
+    if (!peer_is_(claimed)) {
+      // A valid cluster certificate for one host must not let it act as
+      // another (and pick up that host's migrations' outcomes).
+      env_.log(absl::StrFormat(
+          "host=%s: refused a peer calling itself '%s': its certificate "
+          "does not name that host",
+          env_.config->host, claimed));
+      SetError(absl::UnauthenticatedError(absl::StrFormat(
+                   "%s: your certificate does not name host '%s'",
+                   env_.config->host, claimed)),
+               results.initError());
+      return kj::READY_NOW;
+    }
     if (params.getProtocol() != schema::PEER_PROTOCOL) {
       SetError(absl::FailedPreconditionError(absl::StrFormat(
-                   "%s speaks peer protocol %u; %s speaks %u", peer_,
+                   "%s speaks peer protocol %u; %s speaks %u", claimed,
                    params.getProtocol(), env_.config->host,
                    schema::PEER_PROTOCOL)),
                results.initError());
+      return kj::READY_NOW;
     }
+    peer_ = claimed;
+    greeted_ = true;
     env_.log(absl::StrFormat("host=%s: peer %s connected", env_.config->host,
                              peer_));
     return kj::READY_NOW;
   }
 
   kj::Promise<void> check(CheckContext context) override {
+    if (!greeted_) {
+      return KJ_EXCEPTION(DISCONNECTED, "no accepted hello on this link");
+    }
     internal::SetReport(Check(context.getParams().getDevices()),
                         context.getResults().initReport());
     return kj::READY_NOW;
@@ -1179,6 +1199,11 @@ class PeerServer final : public schema::Peer::Server {
   kj::Promise<void> prepare(PrepareContext context) override {
     auto params = context.getParams();
     auto results = context.getResults();
+    if (!greeted_) {
+      SetError(absl::UnauthenticatedError("prepare before an accepted hello"),
+               results.initError());
+      return kj::READY_NOW;
+    }
     const std::string vm = params.getVm().getName();
     const std::string source_job = params.getJob();
     auto job = jobs_->Create("incoming", vm, peer_);
@@ -1239,6 +1264,9 @@ class PeerServer final : public schema::Peer::Server {
   }
 
   kj::Promise<void> outcome(OutcomeContext context) override {
+    if (!greeted_) {
+      return KJ_EXCEPTION(DISCONNECTED, "no accepted hello on this link");
+    }
     std::shared_ptr<IncomingState> state;
     {
       std::lock_guard<std::mutex> lock(registry_->impl().mu);
@@ -1267,14 +1295,17 @@ class PeerServer final : public schema::Peer::Server {
   const Env env_;
   JobTable* jobs_;
   IncomingRegistry* registry_;
+  std::function<bool(const std::string&)> peer_is_;
   std::string peer_ = "an unnamed peer";
+  bool greeted_ = false;
 };
 
 }  // namespace
 
-capnp::Capability::Client NewPeerService(const Env& env, JobTable* jobs,
-                                         IncomingRegistry* incoming) {
-  return kj::heap<PeerServer>(env, jobs, incoming);
+capnp::Capability::Client NewPeerService(
+    const Env& env, JobTable* jobs, IncomingRegistry* incoming,
+    std::function<bool(const std::string&)> peer_is) {
+  return kj::heap<PeerServer>(env, jobs, incoming, std::move(peer_is));
 }
 
 }  // namespace vgpu::migrator

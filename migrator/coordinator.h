@@ -88,8 +88,13 @@ class IncomingRegistry {
 
 // The bootstrap capability for one accepted peer connection. `jobs`
 // records incoming migrations; both outlive every connection.
-capnp::Capability::Client NewPeerService(const Env& env, JobTable* jobs,
-                                         IncomingRegistry* incoming);
+// `peer_is` says whether the connection's authenticated peer may call
+// itself a given host name (its TLS certificate names it); hello refuses a
+// peer claiming another name, and nothing else is served before a good
+// hello.
+capnp::Capability::Client NewPeerService(
+    const Env& env, JobTable* jobs, IncomingRegistry* incoming,
+    std::function<bool(const std::string&)> peer_is);
 
 }  // namespace vgpu::migrator
 

@@ -324,7 +324,9 @@ class DaemonImpl : public Daemon {
       std::thread([this, fd] {
         internal::ServeConnection(
             fd, nullptr, absl::Seconds(5),
-            [this] { return capnp::Capability::Client(kj::heap<ControlServer>(this)); },
+            [this](internal::PeerNameCheck) {
+              return capnp::Capability::Client(kj::heap<ControlServer>(this));
+            },
             [](const std::string&) {});
       }).detach();
     }
@@ -354,7 +356,9 @@ class DaemonImpl : public Daemon {
       std::thread([this, fd, tls, from] {
         internal::ServeConnection(
             fd, tls, absl::Seconds(10),
-            [this] { return NewPeerService(env_, &jobs_, &incoming_); },
+            [this](internal::PeerNameCheck check) {
+              return NewPeerService(env_, &jobs_, &incoming_, std::move(check));
+            },
             [this, from](const std::string& line) {
               Log(absl::StrCat("peer ", from, ": ", line));
             });

@@ -153,10 +153,12 @@ absl::StatusOr<std::unique_ptr<RpcClient>> RpcClient::ConnectUnix(
 
 void ServeConnection(
     int fd, const TlsFiles* tls, absl::Duration handshake_timeout,
-    const std::function<capnp::Capability::Client()>& make_bootstrap,
+    const std::function<capnp::Capability::Client(PeerNameCheck)>&
+        make_bootstrap,
     const std::function<void(const std::string&)>& log) {
   kj::AsyncIoContext io = kj::setupAsyncIo();
   std::unique_ptr<PeerTls> peer_tls;
+  kj::Own<kj::PeerIdentity> identity;
   KJ_IF_MAYBE(e, kj::runCatchingExceptions([&] {
     kj::Own<kj::AsyncIoStream> stream = io.lowLevelProvider->wrapSocketFd(
         fd, kj::LowLevelAsyncIoProvider::TAKE_OWNERSHIP);
@@ -169,15 +171,36 @@ void ServeConnection(
       peer_tls = std::move(*loaded);
       auto handshake = io.provider->getTimer().timeoutAfter(
           absl::ToInt64Milliseconds(handshake_timeout) * kj::MILLISECONDS,
-          peer_tls->context().wrapServer(kj::mv(stream)));
-      KJ_IF_MAYBE(he, kj::runCatchingExceptions(
-                          [&] { stream = handshake.wait(io.waitScope); })) {
+          peer_tls->context().wrapServer(kj::AuthenticatedStream{
+              kj::mv(stream), kj::UnknownPeerIdentity::newInstance()}));
+      KJ_IF_MAYBE(he, kj::runCatchingExceptions([&] {
+                    kj::AuthenticatedStream authed =
+                        handshake.wait(io.waitScope);
+                    stream = kj::mv(authed.stream);
+                    identity = kj::mv(authed.peerIdentity);
+                  })) {
         log(absl::StrCat("refused a peer: TLS handshake failed: ",
                          he->getDescription().cStr()));
         return;
       }
     }
-    capnp::TwoPartyServer server(make_bootstrap());
+    kj::PeerIdentity* who = identity.get();
+    PeerNameCheck check = [who](const std::string& host) {
+      if (who == nullptr) return true;  // plaintext: loopback demos only
+      // The client certificate's common name must be the host name (this
+      // KJ has no SAN matching for peers; MakeDemoCerts sets both).
+      auto* tls_id = dynamic_cast<kj::TlsPeerIdentity*>(who);
+      if (tls_id == nullptr || !tls_id->hasCertificate()) return false;
+      bool match = false;
+      KJ_IF_MAYBE(e, kj::runCatchingExceptions([&] {
+                    match = tls_id->getCommonName() == host.c_str();
+                  })) {
+        (void)e;
+        return false;
+      }
+      return match;
+    };
+    capnp::TwoPartyServer server(make_bootstrap(check));
     server.accept(*stream).wait(io.waitScope);
   })) {
     log(absl::StrCat("connection ended: ", e->getDescription().cStr()));

@@ -79,16 +79,22 @@ class RpcClient {
   kj::Own<capnp::TwoPartyClient> client_;
 };
 
+// Whether the authenticated peer of a connection may call itself `host`:
+// with TLS, its certificate must name that host; a plaintext (loopback
+// demo) link accepts any name.
+using PeerNameCheck = std::function<bool(const std::string& host)>;
+
 // Serves one accepted connection on the calling thread until it
 // disconnects. With `tls`, performs the server handshake first (bounded by
 // `handshake_timeout`), requiring a client certificate from the cluster CA.
-// `make_bootstrap` is called on this thread once the link is up. Failures
-// are reported through `log` (the connection is then closed).
-void ServeConnection(int fd, const TlsFiles* tls,
-                     absl::Duration handshake_timeout,
-                     const std::function<capnp::Capability::Client()>&
-                         make_bootstrap,
-                     const std::function<void(const std::string&)>& log);
+// `make_bootstrap` is called on this thread once the link is up, with the
+// check of the peer's name. Failures are reported through `log` (the
+// connection is then closed).
+void ServeConnection(
+    int fd, const TlsFiles* tls, absl::Duration handshake_timeout,
+    const std::function<capnp::Capability::Client(PeerNameCheck)>&
+        make_bootstrap,
+    const std::function<void(const std::string&)>& log);
 
 }  // namespace vgpu::migrator::internal
 

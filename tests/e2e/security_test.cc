@@ -13,6 +13,8 @@
 
 #include "gtest/gtest.h"
 #include "migrator/internal/rpc_link.h"
+#include "migrator/internal/rpc_util.h"
+#include "migrator/tls.h"
 #include "migrator/schema/peer.capnp.h"
 #include "tests/e2e/checks.h"
 #include "tests/e2e/cluster.h"
@@ -94,6 +96,57 @@ TEST(Security, PlaintextClientAtThePeerPortIsRefused) {
   req.setProtocol(schema::PEER_PROTOCOL);
   auto reply = (*rpc)->Wait(req.send(), absl::Seconds(15), "hello");
   EXPECT_FALSE(reply.ok()) << "a plaintext peer got an answer";
+}
+
+TEST(Security, PeerClaimingAnotherHostsNameIsRefused) {
+  Peers s = Make(Hosts(3));
+  ASSERT_NE(s.c, nullptr);
+  // host3's own, valid certificate, but it says it is host1.
+  std::string addr = s.c->PeerAddress(1);
+  std::string host = addr.substr(0, addr.rfind(':'));
+  uint16_t port = static_cast<uint16_t>(std::stoi(addr.substr(addr.rfind(':') + 1)));
+  const std::string certs = s.c->Dir() + "/certs";
+  migrator::TlsFiles files{certs + "/ca.pem", certs + "/host3.pem",
+                           certs + "/host3.key"};
+  auto rpc = migrator::internal::RpcClient::ConnectTcp(
+      host, port, &files, "host2", absl::Seconds(5), absl::Seconds(5));
+  ASSERT_TRUE(rpc.ok()) << rpc.status();  // the TLS handshake itself passes
+  auto peer = (*rpc)->Bootstrap<schema::Peer>();
+  {
+    auto req = peer.helloRequest();
+    req.setHost("host1");
+    req.setProtocol(schema::PEER_PROTOCOL);
+    auto reply = (*rpc)->Wait(req.send(), absl::Seconds(10), "hello");
+    ASSERT_TRUE(reply.ok()) << reply.status();
+    absl::Status e = migrator::internal::GetError(reply->getError());
+    EXPECT_EQ(e.code(), absl::StatusCode::kUnauthenticated) << e;
+    EXPECT_NE(e.message().find("does not name host 'host1'"), std::string::npos)
+        << e;
+  }
+  {
+    // Nothing else is served on that link.
+    auto req = peer.prepareRequest();
+    req.setJob("forged");
+    req.initVm().setName("vm9");
+    auto reply = (*rpc)->Wait(req.send(), absl::Seconds(10), "prepare");
+    ASSERT_TRUE(reply.ok()) << reply.status();
+    EXPECT_EQ(migrator::internal::GetError(reply->getError()).code(),
+              absl::StatusCode::kUnauthenticated);
+  }
+  {
+    // Under its own name it is welcome.
+    auto req = peer.helloRequest();
+    req.setHost("host3");
+    req.setProtocol(schema::PEER_PROTOCOL);
+    auto reply = (*rpc)->Wait(req.send(), absl::Seconds(10), "hello");
+    ASSERT_TRUE(reply.ok());
+    EXPECT_TRUE(migrator::internal::GetError(reply->getError()).ok());
+  }
+  peer = nullptr;
+  rpc->reset();  // one event loop per thread: close this link first
+  auto list = s.c->List(1);
+  ASSERT_TRUE(list.ok());
+  EXPECT_TRUE(list->empty()) << "a forged prepare reserved a VM";
 }
 
 TEST(Security, ControlSocketRefusesNonRoot) {
