@@ -709,6 +709,49 @@ void RunSnapshot(const Env& env, Job& job, const std::string& vm_name,
     auto writer = codec::ImageWriter::Create(
         sink.get(), MakeManifest(*vm, set, schema::ImageKind::CHECKPOINT), wo);
     if (!writer.ok()) return writer.status();
+    // Pre-copy into the store, as into a peer: rounds while the vGPUs run,
+    // each overlaying the previous in the snapshot (docs/formats/store.md),
+    // so the vGPUs stop only for what the last round left.
+    job.Update([](JobData& d) { d.phase = Phase::kPreCopy; });
+    if (auto s = job.Checkpoint(Phase::kPreCopy); !s.ok()) return s;
+    for (auto& a : set.agents) {
+      if (auto s = a->TransitionTo(State::kPreCopy); !s.ok()) return s;
+    }
+    uint64_t previous = UINT64_MAX;
+    uint32_t round = 0;
+    for (; round < env.config->max_rounds; ++round) {
+      Clock::time_point round_start = Clock::now();
+      const uint64_t before =
+          (*writer)->stats().raw_bytes - (*writer)->stats().zero_bytes;
+      for (size_t i = 0; i < set.agents.size(); ++i) {
+        if (auto s = set.agents[i]->Save(**writer, i, round); !s.ok()) return s;
+      }
+      const double dt = Seconds(Clock::now() - round_start);
+      const uint64_t costly =
+          (*writer)->stats().raw_bytes - (*writer)->stats().zero_bytes - before;
+      uint64_t pending = 0;
+      for (auto& a : set.agents) {
+        auto p = a->Pending();
+        if (!p.ok()) return p.status();
+        pending += p->total();
+      }
+      const codec::StreamStats& st = (*writer)->stats();
+      job.Update([&](JobData& d) {
+        d.round = round;
+        d.raw_bytes = st.raw_bytes;
+        d.wire_bytes = st.stored_bytes;
+        d.pending_bytes = pending;
+        d.rounds.push_back(pending);
+      });
+      const double rate = dt > 0 ? costly / dt : 0;
+      if (pending <= rate * env.config->downtime_ms / 2000.0 ||
+          pending >= previous) {
+        ++round;
+        break;
+      }
+      previous = pending;
+      if (job.cancelled()) return absl::CancelledError("cancelled");
+    }
     job.Update([](JobData& d) { d.phase = Phase::kStopCopy; });
     if (auto s = job.Checkpoint(Phase::kStopCopy); !s.ok()) return s;
     Clock::time_point stopped = Clock::now();
@@ -716,7 +759,7 @@ void RunSnapshot(const Env& env, Job& job, const std::string& vm_name,
       if (auto s = a->TransitionTo(State::kStopCopy); !s.ok()) return s;
     }
     for (size_t i = 0; i < set.agents.size(); ++i) {
-      if (auto s = set.agents[i]->Save(**writer, i, 0); !s.ok()) return s;
+      if (auto s = set.agents[i]->Save(**writer, i, round); !s.ok()) return s;
       const codec::StreamStats& st = (*writer)->stats();
       job.Update([&](JobData& d) {
         d.raw_bytes = st.raw_bytes;

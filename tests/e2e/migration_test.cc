@@ -191,6 +191,41 @@ TEST(Migration, SnapshotAndRestoreThroughVgpud) {
       << refused->error;
 }
 
+TEST(Migration, LiveSnapshotUnderTheWorkloadRestoresAConsistentState) {
+  auto c = MakeCluster(Hosts(1));
+  ASSERT_NE(c, nullptr);
+  auto dev = c->StartDevice("vm1-gpu0", "64M");
+  ASSERT_TRUE(dev.ok());
+  ASSERT_TRUE(c->Register(0, "vm1", {*dev}).ok());
+  auto before = RunWorkload(*dev, {}, 2000);
+  ASSERT_TRUE(before.ok());
+  auto wl = c->StartWorkload(*dev, 8000);  // writes during the snapshot
+  ASSERT_TRUE(wl.ok());
+  usleep(500 * 1000);
+  auto job = c->Snapshot(0, "vm1", "live");
+  ASSERT_TRUE(job.ok());
+  auto done = c->WaitJob(0, *job, absl::Seconds(60));
+  ASSERT_TRUE(done.ok());
+  ASSERT_EQ(done->state, "done") << done->error;
+  EXPECT_GE(done->rounds, 1u) << "no pre-copy round before the stop";
+  EXPECT_TRUE(DeviceRuns(*dev));
+  Cluster::KillProcess(*wl);
+
+  auto restore = c->Restore(0, done->snapshot, "vm1-copy");
+  ASSERT_TRUE(restore.ok());
+  auto restored = c->WaitJob(0, *restore, absl::Seconds(60));
+  ASSERT_TRUE(restored.ok());
+  ASSERT_EQ(restored->state, "done") << restored->error;
+  std::string copy = EndpointOf(*c, 0, "vm1-copy");
+  ASSERT_NE(copy, "");
+  // Rounds taken while the guest wrote, overlaid in the store: the result
+  // must still be one consistent moment of the counters, past `before`.
+  auto counters = CountersOf(copy);
+  ASSERT_TRUE(counters.ok()) << counters.status();
+  EXPECT_TRUE(agents::emulated::CheckProgress(*before, *counters, true).ok());
+  EXPECT_TRUE(RunWorkload(copy, *counters, 500).ok());
+}
+
 // Runs vgpu-migrate against host `host`; returns its exit status and
 // output (stdout and stderr).
 int Cli(Cluster& c, int host, const std::string& args, std::string* out) {
