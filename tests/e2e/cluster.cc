@@ -5,12 +5,15 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -361,8 +364,18 @@ absl::StatusOr<std::string> Cluster::StartDevice(const std::string& name,
                    absl::StrCat(dir_, "/", name, ".log"), "");
   if (!pid.ok()) return pid.status();
   children_.push_back(*pid);
-  for (int n = 0; n < 500; ++n) {
-    if (access(sock.c_str(), F_OK) == 0) return sock;
+  // The socket file appears at bind, a moment before the device listens:
+  // wait until a connection is accepted.
+  for (int n = 0; n < 1000; ++n) {
+    if (access(sock.c_str(), F_OK) == 0) {
+      int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      sockaddr_un sa{};
+      sa.sun_family = AF_UNIX;
+      std::strncpy(sa.sun_path, sock.c_str(), sizeof(sa.sun_path) - 1);
+      bool up = connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0;
+      close(fd);
+      if (up) return sock;
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   return absl::DeadlineExceededError("device did not start: " + name);
