@@ -99,7 +99,12 @@ step "vm1 on host1: an emulated vGPU ($vram of VRAM) running the counter workloa
   >"$work/vm1-gpu0.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do [ -S "$work/vm1-gpu0.sock" ] && break; sleep 0.05; done
-"${h1[@]}" register vm1 --device "emulation:$work/vm1-gpu0.sock"
+# The socket file appears at bind, a moment before the device listens.
+for try in 1 2 3 4 5; do
+  "${h1[@]}" register vm1 --device "emulation:$work/vm1-gpu0.sock" && break
+  [ "$try" = 5 ] && exit 1
+  sleep 0.2
+done
 # The guest increments a counter in every VRAM page, in order, at 8000
 # pages (31 MiB) per second, and draws frames.
 "$workload" --socket "$work/vm1-gpu0.sock" --pages-per-second 8000 \
