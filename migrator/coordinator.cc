@@ -75,6 +75,17 @@ struct SourceSet {
   std::vector<std::unique_ptr<Agent>> agents;
   std::vector<std::string> names;  // "gpu0 (emulation /run/x.sock)"
 
+  // What every agent has left to send.
+  absl::StatusOr<uint64_t> Pending() {
+    uint64_t total = 0;
+    for (auto& a : agents) {
+      auto p = a->Pending();
+      if (!p.ok()) return p.status();
+      total += p->total();
+    }
+    return total;
+  }
+
   // Any agent not RUNNING or RELEASED goes back to RUNNING. True if every
   // one runs afterwards.
   bool Resume(const LogFn& log) {
@@ -221,7 +232,6 @@ class RpcSink : public codec::ByteSink {
   }
 
   const std::string& name() const override { return name_; }
-  uint64_t sent() const { return sent_; }
   const uint64_t* sent_counter() const { return &sent_; }
 
  private:
@@ -287,7 +297,6 @@ class RpcSink : public codec::ByteSink {
 
 // Progress bookkeeping shared by the pre-copy loop and the sink callback.
 struct Meter {
-  Clock::time_point start = Clock::now();
   Clock::time_point window_start = Clock::now();
   uint64_t window_raw = 0;
   double rate = 0;  // raw bytes/s, smoothed
@@ -464,17 +473,8 @@ void RunMigration(const Env& env, Job& job, const MigrateRequest& request) {
   uint64_t previous = UINT64_MAX;
   uint32_t rounds = 0;
   std::vector<uint64_t> round_pending;
-  auto pending_total = [&]() -> absl::StatusOr<uint64_t> {
-    uint64_t total = 0;
-    for (auto& a : set.agents) {
-      auto p = a->Pending();
-      if (!p.ok()) return p.status();
-      total += p->total();
-    }
-    return total;
-  };
   {
-    auto initial = pending_total();
+    auto initial = set.Pending();
     if (!initial.ok()) return abort(initial.status());
     pending_now = round_total = *initial;
   }
@@ -495,7 +495,7 @@ void RunMigration(const Env& env, Job& job, const MigrateRequest& request) {
     // The round counts once the destination has it: its bytes are answered.
     if (auto s = sink.Sync(); !s.ok()) return abort(s);
     rounds = round + 1;
-    auto pending_or = pending_total();
+    auto pending_or = set.Pending();
     if (!pending_or.ok()) return abort(pending_or.status());
     const uint64_t pending = *pending_or;
     double dt = Seconds(Clock::now() - round_start);
@@ -729,12 +729,9 @@ void RunSnapshot(const Env& env, Job& job, const std::string& vm_name,
       const double dt = Seconds(Clock::now() - round_start);
       const uint64_t costly =
           (*writer)->stats().raw_bytes - (*writer)->stats().zero_bytes - before;
-      uint64_t pending = 0;
-      for (auto& a : set.agents) {
-        auto p = a->Pending();
-        if (!p.ok()) return p.status();
-        pending += p->total();
-      }
+      auto pending_or = set.Pending();
+      if (!pending_or.ok()) return pending_or.status();
+      const uint64_t pending = *pending_or;
       const codec::StreamStats& st = (*writer)->stats();
       job.Update([&](JobData& d) {
         d.round = round;
@@ -965,13 +962,15 @@ class IncomingState {
     const Clock::time_point start = Clock::now();
     pipe_.CloseWrite();
     JoinReceiver();
-    log_(absl::StrFormat("finish: joined the loader in %.1f ms",
-                         1000 * Seconds(Clock::now() - start)));
+    const double waited = 1000 * Seconds(Clock::now() - start);
     std::lock_guard<std::mutex> lock(mu_);
     if (stage_ == Stage::kTornDown) return torn_down_why_;
     if (!received_.ok()) return received_;
     job_->Update([](JobData& d) { d.phase = Phase::kFinish; });
-    log_("finish: every section loaded and verified");
+    log_(absl::StrFormat(
+        "finish: every section loaded and verified (waited %.1f ms for the "
+        "loader)",
+        waited));
     return absl::OkStatus();
   }
 

@@ -151,9 +151,11 @@ absl::Status Cluster::Setup(const ClusterOptions& options) {
         !s.ok()) {
       return s;
     }
-    (void)RunOk(absl::StrFormat("ip addr add 10.%d.%d.254/24 dev %s", a, b,
-                                bridge_));
-    (void)RunOk(absl::StrCat("ip link set ", bridge_, " up"));
+    for (const std::string& cmd :
+         {absl::StrFormat("ip addr add 10.%d.%d.254/24 dev %s", a, b, bridge_),
+          absl::StrCat("ip link set ", bridge_, " up")}) {
+      if (auto s = RunOk(cmd); !s.ok()) return s;
+    }
   }
   // Certificates: one CA for the cluster, a foreign CA for some hosts.
   std::vector<std::string> names, foreign;

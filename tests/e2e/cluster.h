@@ -93,9 +93,9 @@ class Cluster {
   void OverridePeer(int from, int to, const std::string& addr);
   // Address ("ADDR:PORT") of host i's peer port, as other hosts reach it.
   std::string PeerAddress(int i) const;
-  // Address a proxy on this machine can listen on to reach host i's
-  // namespace... in netns mode the root namespace reaches the bridge, so
-  // this is the bridge-side address "ADDR" for listening in the root ns.
+  // The address ("ADDR", no port) a fault proxy in this process listens
+  // on so that every host can reach it: the bridge's own address in netns
+  // mode, 127.0.0.1 otherwise.
   std::string ProxyListenAddress() const;
 
   // Starts a vgpu-emu-device (in no namespace: Unix sockets are shared).
