@@ -93,4 +93,22 @@ absl::Status Agent::Load(const codec::SectionHeader& header,
   return DoLoad(header, reader);
 }
 
+absl::Status TransitionGroup(const std::vector<Agent*>& agents, State to) {
+  for (size_t i = 0; i < agents.size(); ++i) {
+    absl::Status s = agents[i]->PrepareGroupTransition(to);
+    if (!s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("device ", i, ": ",
+                                                 s.message()));
+    }
+  }
+  for (size_t i = 0; i < agents.size(); ++i) {
+    absl::Status s = agents[i]->TransitionTo(to);
+    if (!s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("device ", i, ": ",
+                                                 s.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace vgpu::agents

@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -139,6 +140,18 @@ class Agent {
 
   void set_fault_injector(FaultInjector* f) { faults_ = f; }
 
+  // The vGPUs of one VM stop and start together. Before the first of them
+  // takes the arc into `to` (STOP_COPY on a source, RUNNING on a
+  // destination), the coordinator calls this on every one of them, so
+  // devices that may DMA to each other all stop initiating peer-to-peer
+  // DMA before any of them stops (VFIO's RUNNING_P2P and PRE_COPY_P2P),
+  // and none runs before all are loaded. The contract state does not
+  // change; a failure is handled like a failure of the arc itself (the
+  // coordinator aborts). Same thread and phase as TransitionTo.
+  virtual absl::Status PrepareGroupTransition(State to) {
+    return absl::OkStatus();
+  }
+
  protected:
   explicit Agent(Role role)
       : role_(role),
@@ -159,6 +172,11 @@ class Agent {
   State state_;
   FaultInjector* faults_ = nullptr;
 };
+
+// Calls PrepareGroupTransition(to) on every agent, then TransitionTo(to)
+// on each in order; stops at the first failure and returns it, naming the
+// agent's index.
+absl::Status TransitionGroup(const std::vector<Agent*>& agents, State to);
 
 }  // namespace vgpu::agents
 

@@ -75,6 +75,12 @@ struct SourceSet {
   std::vector<std::unique_ptr<Agent>> agents;
   std::vector<std::string> names;  // "gpu0 (emulation /run/x.sock)"
 
+  std::vector<Agent*> Pointers() const {
+    std::vector<Agent*> out;
+    for (auto& a : agents) out.push_back(a.get());
+    return out;
+  }
+
   // What every agent has left to send.
   absl::StatusOr<uint64_t> Pending() {
     uint64_t total = 0;
@@ -543,8 +549,9 @@ void RunMigration(const Env& env, Job& job, const MigrateRequest& request) {
   });
   if (auto s = job.Checkpoint(Phase::kStopCopy); !s.ok()) return abort(s);
   Clock::time_point stopped = Clock::now();
-  for (auto& a : set.agents) {
-    if (auto s = a->TransitionTo(State::kStopCopy); !s.ok()) return abort(s);
+  if (auto s = agents::TransitionGroup(set.Pointers(), State::kStopCopy);
+      !s.ok()) {
+    return abort(s);
   }
   for (size_t i = 0; i < set.agents.size(); ++i) {
     if (auto s = set.agents[i]->Save(*writer, i, rounds); !s.ok()) {
@@ -752,8 +759,9 @@ void RunSnapshot(const Env& env, Job& job, const std::string& vm_name,
     job.Update([](JobData& d) { d.phase = Phase::kStopCopy; });
     if (auto s = job.Checkpoint(Phase::kStopCopy); !s.ok()) return s;
     Clock::time_point stopped = Clock::now();
-    for (auto& a : set.agents) {
-      if (auto s = a->TransitionTo(State::kStopCopy); !s.ok()) return s;
+    if (auto s = agents::TransitionGroup(set.Pointers(), State::kStopCopy);
+        !s.ok()) {
+      return s;
     }
     for (size_t i = 0; i < set.agents.size(); ++i) {
       if (auto s = set.agents[i]->Save(**writer, i, round); !s.ok()) return s;
@@ -870,8 +878,10 @@ void RunRestore(const Env& env, Job& job, const std::string& snapshot,
       job.Update([&](JobData& d) { d.raw_bytes = st.raw_bytes; });
     }
     if (auto s = job.Checkpoint(Phase::kConfirm); !s.ok()) return s;
-    for (auto& t : targets) {
-      if (auto s = t->agent().TransitionTo(State::kRunning); !s.ok()) return s;
+    std::vector<Agent*> group;
+    for (auto& t : targets) group.push_back(&t->agent());
+    if (auto s = agents::TransitionGroup(group, State::kRunning); !s.ok()) {
+      return s;
     }
     return absl::OkStatus();
   };
@@ -981,14 +991,15 @@ class IncomingState {
     if (!finished_ok_) {
       return absl::FailedPreconditionError("confirm before a good finish");
     }
-    for (size_t i = 0; i < targets_.size(); ++i) {
-      absl::Status s = targets_[i]->agent().TransitionTo(agents::State::kRunning);
-      if (!s.ok()) {
-        absl::Status why(s.code(), absl::StrCat("device ", i, ": activate: ",
-                                                s.message()));
-        TearDownLocked(why);
-        return why;
-      }
+    std::vector<agents::Agent*> group;
+    for (auto& t : targets_) group.push_back(&t->agent());
+    absl::Status activated =
+        agents::TransitionGroup(group, agents::State::kRunning);
+    if (!activated.ok()) {
+      absl::Status why(activated.code(),
+                       absl::StrCat("activate: ", activated.message()));
+      TearDownLocked(why);
+      return why;
     }
     std::vector<VmDevice> devices;
     for (auto& t : targets_) {

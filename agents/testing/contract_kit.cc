@@ -29,7 +29,8 @@ absl::StatusOr<std::vector<uint8_t>> Migrate(AgentHarness& h, Agent& source,
     if (auto s = source.Save(**writer, 0, r); !s.ok()) return s;
     if (auto s = h.Mutate(source); !s.ok()) return s;
   }
-  if (auto s = source.TransitionTo(State::kStopCopy); !s.ok()) return s;
+  // As the coordinator does, through the group step.
+  if (auto s = TransitionGroup({&source}, State::kStopCopy); !s.ok()) return s;
   if (auto s = source.Save(**writer, 0, rounds); !s.ok()) return s;
   auto pending = source.Pending();
   if (!pending.ok()) return pending.status();
@@ -51,7 +52,7 @@ absl::Status Receive(Agent& destination, const std::vector<uint8_t>& image) {
     if (!next->has_value()) break;
     if (auto s = destination.Load(**next, **reader); !s.ok()) return s;
   }
-  return destination.TransitionTo(State::kRunning);
+  return TransitionGroup({&destination}, State::kRunning);
 }
 
 namespace {
