@@ -55,6 +55,10 @@ class StrategyBackend {
   virtual void Destroy(const std::string& endpoint) = 0;
   // Adds what this host offers for the strategy.
   virtual void Offer(HostProfile* profile) = 0;
+  // A short word on a device's health for `vgpu-migrate list` (e.g. a
+  // reference device's own consistency check); empty when there is
+  // nothing to say.
+  virtual std::string Health(const std::string& endpoint) { return ""; }
 };
 
 // Strategy name -> backend. Built by main(); the daemon borrows it.

@@ -294,7 +294,7 @@ int main(int argc, char** argv) {
   std::string uuid;
   auto* reg = app.add_subcommand("register", "announce a VM and its vGPUs to vgpud");
   reg->add_option("vm", vm, "VM name")->required();
-  reg->add_option("--device", devices, "STRATEGY:ENDPOINT, e.g. emulation:/run/emu0.sock")
+  reg->add_option("--device", devices, "STRATEGY:ENDPOINT: emulation:SOCKET, mediated:MDEV-UUID or directPassthrough:PCI-ADDRESS")
       ->required();
   reg->add_option("--uuid", uuid, "the VM's UUID");
   auto* unreg = app.add_subcommand("unregister", "forget a VM");
@@ -350,7 +350,8 @@ int main(int argc, char** argv) {
                                  {"vramBytes", desc.getVramBytes()},
                                  {"vendor", desc.getVendor().cStr()},
                                  {"architecture", desc.getArchitecture().cStr()},
-                                 {"problem", d.getProblem().cStr()}});
+                                 {"problem", d.getProblem().cStr()},
+                                 {"health", d.getHealth().cStr()}});
         if (!json_mode) {
           std::string state = d.getProblem().size() > 0
                                   ? absl::StrCat("(", d.getProblem().cStr(), ")")
@@ -361,6 +362,9 @@ int main(int argc, char** argv) {
                       desc.getVramBytes() ? HumanBytes(desc.getVramBytes()).c_str() : "-",
                       desc.getArchitecture().size() ? desc.getArchitecture().cStr() : "-",
                       state.c_str());
+          if (d.getHealth().size() > 0) {
+            std::printf("%-16s %-6s %s\n", "", "", d.getHealth().cStr());
+          }
         }
         ++i;
       }

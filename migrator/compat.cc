@@ -430,7 +430,34 @@ class Checker {
     }
   }
 
+  // Several VFIO devices of one VM stop together only through the P2P
+  // states: each must reach RUNNING_P2P (no new peer-to-peer DMA) before
+  // any of them stops. A driver without them cannot take part (QEMU
+  // refuses such a VM likewise).
+  void CheckP2p(const DeviceDescriptor::Reader& d) {
+    int vfio = 0;
+    for (const DeviceDescriptor::Reader& o : devices_) {
+      if (o.getStrategy() == Strategy::MEDIATED ||
+          (o.getStrategy() == Strategy::DIRECT_PASSTHROUGH &&
+           o.getMigrationCapable())) {
+        ++vfio;
+      }
+    }
+    if (vfio < 2) return;
+    bool p2p = false;
+    for (auto f : d.getFeatures()) p2p = p2p || Str(f) == "p2p";
+    Add(d, "p2p", p2p,
+        p2p ? absl::StrFormat("the VM has %d VFIO devices; this one's driver "
+                              "offers the P2P states to stop with them",
+                              vfio)
+            : absl::StrFormat("the VM has %d VFIO devices, which must all stop "
+                              "peer-to-peer DMA before any stops; this "
+                              "device's driver has no P2P states",
+                              vfio));
+  }
+
   void CheckOnGpu(const DeviceDescriptor::Reader& d, bool whole_gpu) {
+    CheckP2p(d);
     const std::string type = Str(d.getBoardType());
     const std::string kind =
         absl::StrCat(Str(d.getVendor()), "/", Str(d.getArchitecture()));

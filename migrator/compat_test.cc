@@ -22,6 +22,7 @@ namespace {
 using json = nlohmann::json;
 using schema::DeviceDescriptor;
 using schema::Strategy;
+using ::testing::Contains;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::Not;
@@ -74,6 +75,9 @@ class Vm {
     SetDriver(d, 550, 54, 14);
     d.setEccEnabled(true);
     d.setVramBytes(4 * kGiB);
+    auto f = d.initFeatures(2);
+    f.set(0, "vfio-migration-v2");
+    f.set(1, "p2p");
     return d;
   }
 
@@ -87,6 +91,11 @@ class Vm {
     d.setEccEnabled(true);
     d.setVramBytes(80 * kGiB);
     d.setMigrationCapable(migration_capable);
+    if (migration_capable) {
+      auto f = d.initFeatures(2);
+      f.set(0, "vfio-migration-v2");
+      f.set(1, "p2p");
+    }
     return d;
   }
 
@@ -516,6 +525,23 @@ TEST(MediatedTest, InstancesOfATypeAreCountedAcrossDevicesAndGpus) {
   host.gpus.back() = Ampere(2);
   r = CheckCompatibility(vm.devices(), host);
   EXPECT_TRUE(r.ok()) << FormatReportTable(r);
+}
+
+TEST(MediatedTest, SeveralVfioDevicesEachNeedTheP2pStates) {
+  Vm vm;
+  vm.AddMediated("mdev0");
+  CompatReport one = CheckCompatibility(vm.devices(), Host2());
+  EXPECT_THAT(Rules(one, 0), Not(Contains("p2p"))) << "one device needs none";
+  vm.AddMediated("mdev1").initFeatures(1).set(0, "vfio-migration-v2");
+  CompatReport r = CheckCompatibility(vm.devices(), Host2());
+  EXPECT_FALSE(r.ok());
+  EXPECT_TRUE(Row(r, 0, "p2p").ok);
+  CompatRow refused = Row(r, 1, "p2p");
+  EXPECT_FALSE(refused.ok);
+  EXPECT_EQ(refused.detail,
+            "the VM has 2 VFIO devices, which must all stop peer-to-peer DMA "
+            "before any stops; this device's driver has no P2P states");
+  EXPECT_THAT(r.ToStatus().message(), HasSubstr("device 1 (mdev1): p2p"));
 }
 
 TEST(MediatedTest, EachTypeHasItsOwnPool) {

@@ -134,16 +134,17 @@ void ParseVms(FieldReader& top, absl::Status* status,
       if (!df.String("strategy", &dev.strategy) && status->ok()) {
         df.Fail(df.Path("strategy"), "missing");
       }
-      // Only the emulated agent exists so far; other strategies are
-      // refused here rather than failing when the VM first migrates.
-      if (status->ok() && dev.strategy != "emulation") {
+      // Strategies without an agent in this build are refused here rather
+      // than failing when the VM first migrates.
+      if (status->ok() && dev.strategy != "emulation" &&
+          dev.strategy != "mediated" && dev.strategy != "directPassthrough") {
         df.Fail(df.Path("strategy"),
                 absl::StrCat("strategy ", dev.strategy,
                              " not supported by this build"));
       }
       if (!df.String("endpoint", &dev.endpoint) && status->ok()) {
         df.Fail(df.Path("endpoint"),
-                "missing (the device model's control socket)");
+                "missing (a device socket, mdev UUID or PCI address)");
       }
       df.Finish();
       vm.devices.push_back(std::move(dev));
@@ -219,6 +220,38 @@ absl::Status ParseTop(const json& j, Config* c) {
     FieldReader f(*e, "emulation", &status);
     f.String("device_binary", &c->emulated_device_binary);
     ReadSize(f, "max_vram", &c->emulated_max_vram_bytes);
+    f.Finish();
+  }
+  if (const json* m = top.Take("mediated")) {
+    FieldReader f(*m, "mediated", &status);
+    if (const json* r = f.Take("reference")) {
+      FieldReader rf(*r, "mediated.reference", &status);
+      c->reference_gpu = true;
+      rf.Bool("enabled", &c->reference_gpu);
+      rf.String("type", &c->reference_type);
+      int n = static_cast<int>(c->reference_instances);
+      if (rf.Int("instances", &n) && (n < 1 || n > 64)) {
+        rf.Fail(rf.Path("instances"), absl::StrCat(n, " is outside 1..64"));
+      }
+      c->reference_instances = static_cast<uint32_t>(n);
+      ReadSize(rf, "vram", &c->reference_vram_bytes);
+      if (c->reference_vram_bytes == 0 || c->reference_vram_bytes % 4096 != 0) {
+        rf.Fail(rf.Path("vram"), "must be a positive multiple of 4K");
+      }
+      int ctx = static_cast<int>(c->reference_contexts);
+      if (rf.Int("contexts", &ctx) && (ctx < 1 || ctx > 64)) {
+        rf.Fail(rf.Path("contexts"), absl::StrCat(ctx, " is outside 1..64"));
+      }
+      c->reference_contexts = static_cast<uint32_t>(ctx);
+      ReadSize(rf, "workload", &c->reference_workload_bytes_per_second);
+      rf.Finish();
+    }
+    f.Finish();
+  }
+  if (const json* p = top.Take("passthrough")) {
+    FieldReader f(*p, "passthrough", &status);
+    f.String("sys_root", &c->sys_root);
+    f.String("dev_root", &c->dev_root);
     f.Finish();
   }
   if (const json* p = top.Take("profile")) {

@@ -30,8 +30,10 @@ struct TlsConfig {
 };
 
 struct StaticDevice {
-  std::string strategy;  // "emulation" (more strategies as agents land)
-  std::string endpoint;  // emulation: the device model's control socket
+  std::string strategy;  // "emulation", "mediated", "directPassthrough"
+  // emulation: the device model's control socket; mediated: the mdev
+  // UUID; directPassthrough: the PCI address.
+  std::string endpoint;
 };
 
 struct StaticVm {
@@ -63,6 +65,17 @@ struct Config {
   // (empty: look beside the vgpud binary), and the largest VRAM it accepts.
   std::string emulated_device_binary;
   uint64_t emulated_max_vram_bytes = 4ull << 30;
+  // Mediated: the reference mediated GPU vgpud hosts where no VFIO mdev
+  // device exists (off by default).
+  bool reference_gpu = false;
+  std::string reference_type = "REF-4C";
+  uint32_t reference_instances = 4;
+  uint64_t reference_vram_bytes = 64ull << 20;
+  uint32_t reference_contexts = 4;
+  uint64_t reference_workload_bytes_per_second = 0;
+  // Direct pass-through: where sysfs and /dev are (tests point elsewhere).
+  std::string sys_root = "/sys";
+  std::string dev_root = "/dev";
   // What this host declares beyond what it detects (GPUs, API-forwarding
   // backends); merged into the HostProfile peers see.
   HostProfile declared;

@@ -184,19 +184,47 @@ TEST(ConfigTest, ErrorsNameTheKey) {
       {R"({"vms": [{"name": "a", "gpus": []}]})", "vms[0].gpus: unknown key"},
       {R"({"vms": [{"name": "a", "devices": [
            {"strategy": "emulation", "endpoint": "/s"},
-           {"strategy": "mediated", "endpoint": "/s"}]}]})",
-       "vms[0].devices[1].strategy: strategy mediated not supported by this "
-       "build"},
+           {"strategy": "apiForwarding", "endpoint": "/s"}]}]})",
+       "vms[0].devices[1].strategy: strategy apiForwarding not supported by "
+       "this build"},
       {R"({"vms": [{"name": "a", "devices": [{"endpoint": "/s"}]}]})",
        "vms[0].devices[0].strategy: missing"},
       {R"({"vms": [{"name": "a", "devices": [{"strategy": "emulation"}]}]})",
-       "vms[0].devices[0].endpoint: missing (the device model's control "
-       "socket)"},
+       "vms[0].devices[0].endpoint: missing (a device socket, mdev UUID or "
+       "PCI address)"},
+      {R"({"mediated": {"reference": {"instances": 0}}})",
+       "mediated.reference.instances: 0 is outside 1..64"},
+      {R"({"mediated": {"reference": {"vram": "1000"}}})",
+       "mediated.reference.vram: must be a positive multiple of 4K"},
+      {R"({"mediated": {"reference": {"colour": "red"}}})",
+       "mediated.reference.colour: unknown key"},
+      {R"({"mediated": {"refrence": {}}})", "mediated.refrence: unknown key"},
+      {R"({"passthrough": {"sysroot": "/x"}})",
+       "passthrough.sysroot: unknown key"},
       {R"({"vms": [{"name": "a", "devices": [
            {"strategy": "emulation", "endpoint": "/s", "vram": 1}]}]})",
        "vms[0].devices[0].vram: unknown key"},
       {R"([])", "expected an object"},
   };
+  // And the good forms.
+  auto ok = ParseConfig(R"({"mediated": {"reference": {"type": "REF-8C",
+      "instances": 2, "vram": "32M", "contexts": 8, "workload": "4M"}},
+      "passthrough": {"sys_root": "/tmp/sys"},
+      "vms": [{"name": "a", "devices": [
+        {"strategy": "mediated",
+         "endpoint": "6f1c2a8e-3b7d-4c55-9a10-2d4e8b7f0a01"},
+        {"strategy": "directPassthrough", "endpoint": "0000:3b:00.0"}]}]})",
+                        kOrigin);
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_TRUE(ok->reference_gpu);
+  EXPECT_EQ(ok->reference_type, "REF-8C");
+  EXPECT_EQ(ok->reference_instances, 2u);
+  EXPECT_EQ(ok->reference_vram_bytes, 32u << 20);
+  EXPECT_EQ(ok->reference_contexts, 8u);
+  EXPECT_EQ(ok->reference_workload_bytes_per_second, 4u << 20);
+  EXPECT_EQ(ok->sys_root, "/tmp/sys");
+  EXPECT_EQ(ok->vms[0].devices[1].strategy, "directPassthrough");
+  EXPECT_FALSE(ParseConfig("{}", kOrigin)->reference_gpu) << "off by default";
   for (const Case& c : cases) {
     absl::StatusOr<Config> config = ParseConfig(c.text, kOrigin);
     EXPECT_EQ(config.status(), absl::InvalidArgumentError(

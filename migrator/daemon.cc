@@ -420,6 +420,7 @@ kj::Promise<void> ControlServer::listVms(ListVmsContext context) {
         continue;
       }
       auto desc = it->second->Describe(dev.endpoint);
+      devices[j].setHealth(it->second->Health(dev.endpoint));
       if (desc.ok()) {
         devices[j].setDescriptor(desc->root());
       } else {

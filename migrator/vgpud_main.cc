@@ -22,6 +22,7 @@
 #include "migrator/config.h"
 #include "migrator/daemon.h"
 #include "migrator/emulated_backend.h"
+#include "migrator/mediated_backend.h"
 #include "migrator/internal/spawner.h"
 #include "spdlog/sinks/stdout_sinks.h"
 #include "spdlog/spdlog.h"
@@ -124,6 +125,20 @@ int main(int argc, char** argv) {
   eo.max_vram_bytes = c.emulated_max_vram_bytes;
   auto emulated = NewEmulatedBackend(eo, &spawner);
   backends[emulated->name()] = std::move(emulated);
+  ReferenceGpuOptions ro;
+  ro.enabled = c.reference_gpu;
+  ro.type = c.reference_type;
+  ro.instances = c.reference_instances;
+  ro.vram_bytes = c.reference_vram_bytes;
+  ro.contexts = c.reference_contexts;
+  ro.workload_bytes_per_second = c.reference_workload_bytes_per_second;
+  auto mediated = NewMediatedBackend(ro, log);
+  backends[mediated->name()] = std::move(mediated);
+  PassthroughOptions po;
+  po.sys_root = c.sys_root;
+  po.dev_root = c.dev_root;
+  auto passthrough = NewPassthroughBackend(po);
+  backends[passthrough->name()] = std::move(passthrough);
 
   auto daemon = Daemon::Start(c, std::move(backends), log);
   if (!daemon.ok()) {

@@ -13,10 +13,13 @@ using C = import "common.capnp";
 
 struct DeviceRecord {
   strategy @0 :Text;     # "emulation", ...
-  endpoint @1 :Text;     # emulation: the device model's control socket
+  # emulation: the device model's control socket; mediated: the mdev
+  # UUID; directPassthrough: the PCI address.
+  endpoint @1 :Text;
   descriptor @2 :D.DeviceDescriptor;  # filled by listVms when reachable
   owned @3 :Bool;        # vgpud started this device (incoming, restore)
   problem @4 :Text;      # why the device could not be described, if so
+  health @5 :Text;       # the backend's word on the device, if any
 }
 
 struct VmRecord {

@@ -413,6 +413,21 @@ absl::Status Cluster::Register(int host, const std::string& vm,
   return ErrorOf(c->rpc->Wait(req.send(), kCallTimeout, "register"));
 }
 
+absl::Status Cluster::RegisterDevices(int host, const std::string& vm,
+                                      const std::vector<std::string>& list) {
+  auto c = Open(Control(host));
+  if (!c.ok()) return c.status();
+  auto req = c->api->registerVmRequest();
+  req.initVm().setName(vm);
+  auto devices = req.getVm().initDevices(list.size());
+  for (size_t i = 0; i < list.size(); ++i) {
+    const size_t colon = list[i].find(':');
+    devices[i].setStrategy(list[i].substr(0, colon));
+    devices[i].setEndpoint(list[i].substr(colon + 1));
+  }
+  return ErrorOf(c->rpc->Wait(req.send(), kCallTimeout, "register"));
+}
+
 absl::StatusOr<std::vector<VmView>> Cluster::List(int host) {
   auto c = Open(Control(host));
   if (!c.ok()) return c.status();
@@ -423,7 +438,12 @@ absl::StatusOr<std::vector<VmView>> Cluster::List(int host) {
     VmView view;
     view.name = v.getName();
     view.job = v.getJob();
-    for (auto d : v.getDevices()) view.endpoints.push_back(d.getEndpoint());
+    for (auto d : v.getDevices()) {
+      view.endpoints.push_back(d.getEndpoint());
+      view.strategies.push_back(d.getStrategy());
+      view.health.push_back(d.getHealth());
+      view.problems.push_back(d.getProblem());
+    }
     out.push_back(view);
   }
   return out;

@@ -55,6 +55,9 @@ struct JobView {
 struct VmView {
   std::string name;
   std::vector<std::string> endpoints;
+  std::vector<std::string> strategies;
+  std::vector<std::string> health;    // the backend's word per device
+  std::vector<std::string> problems;  // why a device could not be described
   std::string job;
 };
 
@@ -109,6 +112,9 @@ class Cluster {
   // Control API, each call on a fresh connection.
   absl::Status Register(int host, const std::string& vm,
                         const std::vector<std::string>& device_sockets);
+  // Devices as "STRATEGY:ENDPOINT" ("mediated:UUID").
+  absl::Status RegisterDevices(int host, const std::string& vm,
+                               const std::vector<std::string>& devices);
   absl::StatusOr<std::vector<VmView>> List(int host);
   absl::StatusOr<std::string> Migrate(int host, const std::string& vm, int to,
                                       const MigrateOpts& opts = {});
