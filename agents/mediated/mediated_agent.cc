@@ -29,6 +29,7 @@ constexpr char kEndBlob[] = "ref-mdev-end";
 constexpr uint64_t kPageBytes = 4096;
 constexpr uint64_t kRunPages = (1u << 20) / kPageBytes;
 constexpr size_t kReadBytes = 1 << 20;
+constexpr size_t kVramBatchBytes = 4 << 20;
 
 std::string Str(capnp::Text::Reader t) { return std::string(t.cStr()); }
 
@@ -140,6 +141,7 @@ class MediatedAgent : public Agent {
           Where("no data session to read in STOP_COPY"));
     }
     writer_ = &w;
+    batch_ = VramBatch();
     device_index_ = device;
     round_ = round;
     // In PRE_COPY take what the device has now, but no more than it
@@ -171,6 +173,7 @@ class MediatedAgent : public Agent {
       if (!result.ok()) break;
     }
     if (result.ok() && opaque_open_) result = w.EndSection();
+    if (result.ok()) result = FlushVram();
     if (result.ok() && state() == State::kStopCopy) {
       if (!at_end_) {
         result = absl::DataLossError(Where("the data session did not end"));
@@ -373,6 +376,9 @@ class MediatedAgent : public Agent {
     return h;
   }
 
+  // VRAM records are gathered into one "vram" section of up to
+  // kVramBatchBytes: a guest dirtying scattered pages would otherwise cost
+  // a section (and a hand-off to the compressors) per 4 KiB page.
   absl::Status Emit(const stream::RecordParser::Record& rec) {
     const RecordType type = rec.header.type;
     if (type == RecordType::kVramPages || type == RecordType::kVramZero) {
@@ -381,20 +387,24 @@ class MediatedAgent : public Agent {
       const uint64_t count =
           zero ? absl::little_endian::Load64(rec.payload.data() + 8)
                : (rec.payload.size() - 8) / kPageBytes;
-      codec::SectionHeader h =
-          Header(kVramSection, zero ? 0 : count * kPageBytes);
-      auto region = h.mutable_root().initMemoryRegion();
-      region.setPageSize(kPageBytes);
-      region.setTotalPages(pages_);
-      auto ranges =
-          zero ? region.initZeroRanges(1) : region.initPresentRanges(1);
-      ranges[0].setFirst(first);
-      ranges[0].setCount(count);
-      return writer_
-          ->AddSection(h, zero ? absl::Span<const uint8_t>()
-                               : absl::MakeConstSpan(rec.payload).subspan(8))
-          .status();
+      // Ranges of a section are sorted and disjoint: a page the device
+      // sends again (dirtied after its first pass) starts a new section.
+      if (!batch_.present.empty() || !batch_.zero.empty()) {
+        if (first < batch_.end ||
+            batch_.bytes.size() + (zero ? 0 : count * kPageBytes) >
+                kVramBatchBytes) {
+          if (auto s = FlushVram(); !s.ok()) return s;
+        }
+      }
+      (zero ? batch_.zero : batch_.present).push_back({first, count});
+      if (!zero) {
+        batch_.bytes.insert(batch_.bytes.end(), rec.payload.begin() + 8,
+                            rec.payload.end());
+      }
+      batch_.end = first + count;
+      return absl::OkStatus();
     }
+    if (auto s = FlushVram(); !s.ok()) return s;
     // Context images, the device and end records travel whole, header
     // included, so the destination gets exactly the source's record.
     std::vector<uint8_t> whole;
@@ -414,6 +424,30 @@ class MediatedAgent : public Agent {
       b.setBlobType(end ? kEndBlob : kDeviceBlob);
     }
     return writer_->AddSection(h, whole).status();
+  }
+
+  absl::Status FlushVram() {
+    if (batch_.present.empty() && batch_.zero.empty()) return absl::OkStatus();
+    codec::SectionHeader h = Header(kVramSection, batch_.bytes.size());
+    auto region = h.mutable_root().initMemoryRegion();
+    region.setPageSize(kPageBytes);
+    region.setTotalPages(pages_);
+    auto set = [](auto list, const std::vector<std::pair<uint64_t, uint64_t>>& v) {
+      for (size_t i = 0; i < v.size(); ++i) {
+        list[static_cast<unsigned>(i)].setFirst(v[i].first);
+        list[static_cast<unsigned>(i)].setCount(v[i].second);
+      }
+    };
+    set(region.initPresentRanges(static_cast<unsigned>(batch_.present.size())),
+        batch_.present);
+    set(region.initZeroRanges(static_cast<unsigned>(batch_.zero.size())),
+        batch_.zero);
+    absl::Status s = writer_->AddSection(h, batch_.bytes).status();
+    batch_.present.clear();
+    batch_.zero.clear();
+    batch_.bytes.clear();
+    batch_.end = 0;
+    return s;
   }
 
   // --- loading: sections back into records ---
@@ -546,6 +580,11 @@ class MediatedAgent : public Agent {
   uint32_t device_index_ = 0;
   uint32_t round_ = 0;
   bool opaque_open_ = false;
+  struct VramBatch {
+    std::vector<std::pair<uint64_t, uint64_t>> present, zero;
+    std::vector<uint8_t> bytes;
+    uint64_t end = 0;  // one past the last page of the last range
+  } batch_;
 };
 
 absl::StatusOr<uint64_t> CheckedFlags(VfioDevice& device) {
