@@ -127,6 +127,57 @@ TEST(Mediated, TwoVgpusWithRunningContextsMoveTogether) {
   EXPECT_EQ(back->state, "done") << back->error;
 }
 
+// A live snapshot of the running vGPUs (pre-copy rounds overlaid in the
+// store, context images replaced by their newest) restores into fresh
+// instances that pass the stamp check and run on.
+TEST(Mediated, LiveSnapshotRestoresIntoFreshInstances) {
+  ClusterOptions o = Hosts(1);
+  o.extra_config[0] = Reference("REF-4C", 4);
+  auto c = MakeCluster(o);
+  ASSERT_NE(c, nullptr);
+  ASSERT_TRUE(c->RegisterDevices(0, "vm1",
+                                 {absl::StrCat("mediated:", kGpu0),
+                                  absl::StrCat("mediated:", kGpu1)})
+                  .ok());
+  usleep(500 * 1000);
+  auto job = c->Snapshot(0, "vm1", "t1");
+  ASSERT_TRUE(job.ok()) << job.status();
+  auto done = c->WaitJob(0, *job, absl::Seconds(60));
+  ASSERT_TRUE(done.ok());
+  ASSERT_EQ(done->state, "done") << done->error;
+  auto list = c->List(0);
+  ASSERT_TRUE(list.ok());
+  EXPECT_TRUE(absl::StartsWith(FindVm(*list, "vm1")->health[0], "RUNNING"))
+      << "the source runs again after the snapshot";
+
+  auto restore = c->Restore(0, done->snapshot, "vm1-copy");
+  ASSERT_TRUE(restore.ok()) << restore.status();
+  auto restored = c->WaitJob(0, *restore, absl::Seconds(60));
+  ASSERT_TRUE(restored.ok());
+  ASSERT_EQ(restored->state, "done") << restored->error;
+  list = c->List(0);
+  ASSERT_TRUE(list.ok());
+  const VmView* copy = FindVm(*list, "vm1-copy");
+  ASSERT_NE(copy, nullptr);
+  ASSERT_EQ(copy->health.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_NE(copy->endpoints[i], kGpu0);
+    EXPECT_NE(copy->endpoints[i], kGpu1);
+    EXPECT_TRUE(absl::StartsWith(copy->health[i], "RUNNING; stamps intact"))
+        << copy->health[i];
+    EXPECT_GT(Sequences(copy->health[i])[0], 0u);
+  }
+  // Four instances: two for vm1, two for the copy; a second copy is more
+  // than the reference GPU has, and fails without leaving anything.
+  auto more = c->Restore(0, done->snapshot, "vm1-copy2");
+  ASSERT_TRUE(more.ok());
+  auto full = c->WaitJob(0, *more, absl::Seconds(60));
+  ASSERT_TRUE(full.ok());
+  EXPECT_EQ(full->state, "failed");
+  list = c->List(0);
+  EXPECT_EQ(FindVm(*list, "vm1-copy2"), nullptr);
+}
+
 TEST(Mediated, AnotherVgpuTypeIsRefusedBeforeAnythingMoves) {
   ClusterOptions o = Hosts(2);
   o.extra_config[0] = Reference("REF-4C", 2);
