@@ -4,8 +4,10 @@
 # counter workload on host1 and is live-migrated to host2 with
 # `vgpu-migrate --to host2 vm1`; the workload then carries on on host2 with
 # its invariant checked. As root the hosts are network namespaces joined by
-# a veth link; otherwise they share loopback. Then a snapshot on host2, and
-# a tour of the state-image and store tools every migration rides on.
+# a veth link; otherwise they share loopback. Then a snapshot on host2, a
+# VM with two mediated vGPUs (the reference mediated GPU, VFIO migration v2
+# semantics) migrated the same way, and a tour of the state-image and
+# store tools every migration rides on.
 # Usage: tools/demo.sh [VRAM_SIZE]   (default 256M)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +22,8 @@ step "build"
 bazel build --disk_cache="$HOME/.cache/vgpu-migrate/bazel-disk" \
   //migrator:vgpud //migrator:vgpu-migrate \
   //state-codecs/tools:vgpu-image //store/tools:vgpu-store \
-  //agents/emulated:vgpu-emu-device //agents/emulated:vgpu-emu-workload 2>&1 \
+  //agents/emulated:vgpu-emu-device //agents/emulated:vgpu-emu-workload \
+  //agents/mediated:vgpu-vfio-probe 2>&1 \
   | grep -E '^(INFO: Build|ERROR)' || true
 bin="$(bazel info bazel-bin 2>/dev/null)"
 vgpud="$bin/migrator/vgpud"
@@ -29,7 +32,8 @@ tool="$bin/state-codecs/tools/vgpu-image"
 store_tool="$bin/store/tools/vgpu-store"
 device="$bin/agents/emulated/vgpu-emu-device"
 workload="$bin/agents/emulated/vgpu-emu-workload"
-for t in "$vgpud" "$migrate" "$tool" "$store_tool" "$device" "$workload"; do
+probe="$bin/agents/mediated/vgpu-vfio-probe"
+for t in "$vgpud" "$migrate" "$tool" "$store_tool" "$device" "$workload" "$probe"; do
   [ -x "$t" ] || { echo "demo: build failed ($t missing)" >&2; exit 1; }
 done
 
@@ -76,7 +80,13 @@ start_host() {  # name addr port peer peer_addr peer_port ns-prefix...
   local name=$1 addr=$2 port=$3 peer=$4 peer_addr=$5 peer_port=$6
   shift 6
   mkdir -p "$work/$name"
-  "$@" "$vgpud" --host "$name" --listen "$addr:$port" \
+  # Each host also has a reference mediated GPU: four REF-4C vGPU
+  # instances whose guests keep their contexts busy (16 MiB/s of VRAM).
+  cat >"$work/$name/vgpud.json" <<JSON
+{"mediated": {"reference": {"type": "REF-4C", "instances": 4, "vram": "64M",
+                            "contexts": 4, "workload": "16M"}}}
+JSON
+  "$@" "$vgpud" --config "$work/$name/vgpud.json" --host "$name" --listen "$addr:$port" \
     --control "$work/$name/control.sock" --store "$work/$name/store" \
     --run-dir "$work/$name/run" --peer "$peer=$peer_addr:$peer_port" \
     --tls-dir "$work/certs" --device-binary "$device" \
@@ -133,6 +143,33 @@ step "snapshot vm1 on host2 into host2's store, list, verify"
 "${h2[@]}" snapshot vm1 --tag demo
 "${h2[@]}" snapshots
 "${h2[@]}" verify
+
+step "mediated pass-through: what this host's kernel offers (vgpu-vfio-probe)"
+"$probe" || true
+
+step "vm2 on host1: two mediated vGPUs (reference GPU, type REF-4C), contexts running"
+# Registering unused mdev UUIDs creates the instances, as libvirt's
+# nodedev-create would on a real mdev GPU.
+"${h1[@]}" register vm2 --device mediated:5a7c0f3e-1d2b-4e8f-9c6a-0b1d2e3f4a01 \
+  --device mediated:5a7c0f3e-1d2b-4e8f-9c6a-0b1d2e3f4a02
+sleep 1
+"${h1[@]}" list
+
+step "vgpu-migrate --check --to host2 vm2 (both vGPUs; they stop together through VFIO's P2P states)"
+"${h1[@]}" --check --to host2 vm2
+
+step "live migration of the mediated vGPUs: vgpu-migrate --to host2 vm2"
+"${h1[@]}" --to host2 vm2
+
+step "vm2 runs on host2: stamps checked, context sequences carrying on"
+"${h2[@]}" list
+sleep 1
+"${h2[@]}" --json list | python3 -c '
+import json, sys
+for vm in json.load(sys.stdin):
+    if vm["name"] == "vm2":
+        for i, d in enumerate(vm["devices"]):
+            print("gpu%d %s: %s" % (i, d["endpoint"], d["health"]))'
 
 step "the formats underneath: one vGPU's state as an image file"
 "$tool" sample --vram "$vram" "$work/vm1.vgi"

@@ -20,6 +20,10 @@
 #include "absl/strings/str_format.h"
 #include "agents/mediated/internal/stream_format.h"
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23  // Linux 5.14
+#endif
+
 namespace vgpu::agents::mediated {
 namespace {
 
@@ -465,6 +469,15 @@ struct RefVgpu::Impl {
   }
 
   void OpenResumeSession() {
+    // Fault the VRAM share in now, while the source still runs: first
+    // touches during the load would otherwise land in the downtime (a
+    // hardware driver pins and maps its memory when the vGPU is created).
+    if (madvise(vram, cfg.vram_bytes, MADV_POPULATE_WRITE) != 0) {
+      for (uint64_t off = 0; off < cfg.vram_bytes; off += kPageSize) {
+        reinterpret_cast<volatile uint8_t*>(vram)[off] =
+            reinterpret_cast<volatile uint8_t*>(vram)[off];
+      }
+    }
     ++gen;
     session = true;
     tracking = false;
