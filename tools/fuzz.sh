@@ -35,7 +35,7 @@ targets=(
   state-codecs/fuzz:section_fuzzer:section
   state-codecs/fuzz:stream_fuzzer:stream
   migrator/fuzz:peer_input_fuzzer:peer_input
-  agents/mediated/fuzz:stream_fuzzer:stream
+  agents/mediated/fuzz:mdev_stream_fuzzer:mdev_stream
 )
 
 mkdir -p "$out/logs" "$out/artifacts"

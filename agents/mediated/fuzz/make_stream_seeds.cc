@@ -1,4 +1,4 @@
-// Writes seed inputs for stream_fuzzer: complete STOP_COPY streams of a
+// Writes seed inputs for mdev_stream_fuzzer: complete STOP_COPY streams of a
 // small reference vGPU (idle, and after some work), each prefixed with the
 // fuzzer's piece-size byte.
 //   make_stream_seeds OUT_DIR
