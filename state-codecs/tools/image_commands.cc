@@ -134,13 +134,25 @@ json SectionDetail(schema::SectionHeader::Reader h) {
   return json::object();
 }
 
+// The table's DETAIL column. Long lists (a scattered memory region has
+// thousands of ranges) show their first few and a count; --json has all.
 std::string DetailText(const json& d) {
+  constexpr size_t kShown = 4;
   std::string out;
   for (auto it = d.begin(); it != d.end(); ++it) {
     if (!out.empty()) out += " ";
-    out += it.key() + "=" + (it.value().is_string()
-                                 ? it.value().get<std::string>()
-                                 : it.value().dump());
+    std::string value;
+    if (it.value().is_string()) {
+      value = it.value().get<std::string>();
+    } else if (it.value().is_array() && it.value().size() > 2 * kShown) {
+      json head(it.value().begin(), it.value().begin() + kShown);
+      value = head.dump();
+      value.insert(value.size() - 1,
+                   absl::StrFormat(",... (%d in all)", it.value().size()));
+    } else {
+      value = it.value().dump();
+    }
+    out += it.key() + "=" + value;
   }
   return out;
 }
