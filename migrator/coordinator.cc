@@ -484,59 +484,79 @@ void RunMigration(const Env& env, Job& job, const MigrateRequest& request) {
     if (!initial.ok()) return abort(initial.status());
     pending_now = round_total = *initial;
   }
-  for (uint32_t round = 0; round < max_rounds; ++round) {
-    round_now = round;
-    Clock::time_point round_start = Clock::now();
-    uint64_t raw_before = writer->stats().raw_bytes;
-    // The downtime estimate needs the rate of bytes that cost something:
-    // elided zero pages move at memory speed and would flatter it.
-    const uint64_t costly_before = raw_before - writer->stats().zero_bytes;
-    round_start_raw = raw_before;
-    round_total = pending_now;
-    for (size_t i = 0; i < set.agents.size(); ++i) {
-      if (auto s = set.agents[i]->Save(*writer, i, round); !s.ok()) {
-        return abort(s);
+  // Rounds until the pending bytes fit, then a drain of the destination's
+  // loader. The guest keeps dirtying state while the loader catches up, so
+  // the pending bytes are measured again after it: if they no longer fit,
+  // more rounds follow (within the round limit, and only while drains
+  // leave less behind each time).
+  uint64_t after_previous_drain = UINT64_MAX;
+  for (;;) {
+    for (uint32_t round = rounds; round < max_rounds; ++round) {
+      round_now = round;
+      Clock::time_point round_start = Clock::now();
+      uint64_t raw_before = writer->stats().raw_bytes;
+      // The downtime estimate needs the rate of bytes that cost something:
+      // elided zero pages move at memory speed and would flatter it.
+      const uint64_t costly_before = raw_before - writer->stats().zero_bytes;
+      round_start_raw = raw_before;
+      round_total = pending_now;
+      for (size_t i = 0; i < set.agents.size(); ++i) {
+        if (auto s = set.agents[i]->Save(*writer, i, round); !s.ok()) {
+          return abort(s);
+        }
       }
+      // The round counts once the destination has it: its bytes are answered.
+      if (auto s = sink.Sync(); !s.ok()) return abort(s);
+      rounds = round + 1;
+      auto pending_or = set.Pending();
+      if (!pending_or.ok()) return abort(pending_or.status());
+      const uint64_t pending = *pending_or;
+      double dt = Seconds(Clock::now() - round_start);
+      uint64_t moved = writer->stats().raw_bytes - raw_before;
+      uint64_t costly =
+          writer->stats().raw_bytes - writer->stats().zero_bytes - costly_before;
+      if (dt > 0 && costly > 0) meter.rate = costly / dt;
+      pending_now = pending;
+      round_pending.push_back(pending);
+      publish();
+      job.Update([&](JobData& d) {
+        d.rounds = round_pending;
+        d.eta_seconds = meter.rate > 0 ? pending / meter.rate : 0;
+      });
+      // Half the budget is for the final copy; the rest is headroom for
+      // finish and activation, and for the rate estimate being optimistic
+      // (the dirty set keeps growing while the last round is measured).
+      const double budget_bytes = meter.rate * downtime_ms / 2000.0;
+      log(absl::StrFormat(
+          "precopy round %u: %u bytes in %.3f s, %u pending (budget %.0f)",
+          round, moved, dt, pending, budget_bytes));
+      if (pending <= budget_bytes || pending >= previous) break;
+      previous = pending;
+      if (job.cancelled()) return abort(absl::CancelledError("cancelled"));
     }
-    // The round counts once the destination has it: its bytes are answered.
-    if (auto s = sink.Sync(); !s.ok()) return abort(s);
-    rounds = round + 1;
-    auto pending_or = set.Pending();
-    if (!pending_or.ok()) return abort(pending_or.status());
-    const uint64_t pending = *pending_or;
-    double dt = Seconds(Clock::now() - round_start);
-    uint64_t moved = writer->stats().raw_bytes - raw_before;
-    uint64_t costly =
-        writer->stats().raw_bytes - writer->stats().zero_bytes - costly_before;
-    if (dt > 0 && costly > 0) meter.rate = costly / dt;
-    pending_now = pending;
-    round_pending.push_back(pending);
-    publish();
-    job.Update([&](JobData& d) {
-      d.rounds = round_pending;
-      d.eta_seconds = meter.rate > 0 ? pending / meter.rate : 0;
-    });
-    // Half the budget is for the final copy; the rest is headroom for
-    // finish and activation, and for the rate estimate being optimistic
-    // (the dirty set keeps growing while the last round is measured).
-    const double budget_bytes = meter.rate * downtime_ms / 2000.0;
-    log(absl::StrFormat(
-        "precopy round %u: %u bytes in %.3f s, %u pending (budget %.0f)",
-        round, moved, dt, pending, budget_bytes));
-    if (pending <= budget_bytes || pending >= previous) break;
-    previous = pending;
-    if (job.cancelled()) return abort(absl::CancelledError("cancelled"));
-  }
 
-  // Let the destination's loader catch up while the vGPUs still run: its
-  // backlog would otherwise be paid for in the downtime.
-  {
-    if (auto s = sink.Sync(); !s.ok()) return abort(s);
-    auto reply = link.rpc->Wait(incoming->drainRequest().send(),
-                                env.peer_timeout + absl::Seconds(30),
-                                absl::StrCat("drain on ", request.to));
-    absl::Status s = reply.ok() ? GetError(reply->getError()) : reply.status();
-    if (!s.ok()) return abort(s);
+    // Let the destination's loader catch up while the vGPUs still run: its
+    // backlog would otherwise be paid for in the downtime.
+    {
+      if (auto s = sink.Sync(); !s.ok()) return abort(s);
+      auto reply = link.rpc->Wait(incoming->drainRequest().send(),
+                                  env.peer_timeout + absl::Seconds(30),
+                                  absl::StrCat("drain on ", request.to));
+      absl::Status s = reply.ok() ? GetError(reply->getError()) : reply.status();
+      if (!s.ok()) return abort(s);
+    }
+
+    if (rounds >= max_rounds || job.cancelled()) break;
+    auto after = set.Pending();
+    if (!after.ok()) return abort(after.status());
+    const double budget_bytes = meter.rate * downtime_ms / 2000.0;
+    if (*after <= budget_bytes || *after >= after_previous_drain) break;
+    log(absl::StrFormat(
+        "after the drain %u bytes are pending (budget %.0f): more rounds",
+        *after, budget_bytes));
+    after_previous_drain = *after;
+    previous = UINT64_MAX;
+    pending_now = *after;
   }
 
   // Perform: stop-copy. From here the guest's vGPUs are stopped.

@@ -356,12 +356,15 @@ class MediatedAgent : public Agent {
       }
       return writer_->Write(bytes);
     }
-    if (auto s = parser_.Feed(bytes); !s.ok()) {
+    absl::Status emitted;  // the writer's error, passed on as it is
+    absl::Status s = parser_.Feed(bytes, [&](const stream::RecordView& r) {
+      emitted = Emit(r);
+      return emitted;
+    });
+    if (!emitted.ok()) return emitted;
+    if (!s.ok()) {
       return absl::DataLossError(Where(absl::StrCat(
           "the device's stream is damaged: ", s.message())));
-    }
-    while (auto rec = parser_.Next()) {
-      if (auto s = Emit(*rec); !s.ok()) return s;
     }
     return absl::OkStatus();
   }
@@ -379,7 +382,7 @@ class MediatedAgent : public Agent {
   // VRAM records are gathered into one "vram" section of up to
   // kVramBatchBytes: a guest dirtying scattered pages would otherwise cost
   // a section (and a hand-off to the compressors) per 4 KiB page.
-  absl::Status Emit(const stream::RecordParser::Record& rec) {
+  absl::Status Emit(const stream::RecordView& rec) {
     const RecordType type = rec.header.type;
     if (type == RecordType::kVramPages || type == RecordType::kVramZero) {
       const uint64_t first = absl::little_endian::Load64(rec.payload.data());
@@ -511,26 +514,36 @@ class MediatedAgent : public Agent {
       }
     }
     // Section data is the present pages in range order; regroup it into
-    // records of at most kRunPages whole pages of one range.
+    // records of at most kRunPages whole pages of one range, built in
+    // place (header, first page, then the bytes as chunks arrive).
     size_t range = 0;
     uint64_t in_range = 0;  // pages of `range` already framed
-    std::vector<uint8_t> pages;
-    auto flush = [&]() -> absl::Status {
-      if (pages.empty()) return absl::OkStatus();
-      const uint64_t n = pages.size() / kPageBytes;
+    std::vector<uint8_t> rec;
+    size_t begin = 0;
+    uint64_t have = 0;  // page bytes in `rec`
+    auto start = [&] {
+      rec.clear();
+      begin = stream::BeginRecord(&rec);
       uint8_t first[8];
       absl::little_endian::Store64(first, present[range].first + in_range);
-      std::vector<uint8_t> rec;
-      stream::AppendRecordParts(RecordType::kVramPages, 0,
-                                {absl::MakeConstSpan(first, 8), pages}, &rec);
-      pages.clear();
-      in_range += n;
+      rec.insert(rec.end(), first, first + 8);
+      have = 0;
+    };
+    auto target = [&] {
+      return std::min(kRunPages, present[range].second - in_range) *
+             kPageBytes;
+    };
+    auto flush = [&]() -> absl::Status {
+      stream::FinishRecord(RecordType::kVramPages, 0, begin, &rec);
+      in_range += have / kPageBytes;
       if (in_range == present[range].second) {
         ++range;
         in_range = 0;
       }
+      have = 0;
       return Write(rec);
     };
+    if (!present.empty()) start();
     absl::Status s = reader.ReadChunks([&](uint64_t, uint64_t length,
                                            absl::Span<const uint8_t> data) {
       uint64_t off = 0;
@@ -538,27 +551,23 @@ class MediatedAgent : public Agent {
         if (range >= present.size()) {
           return absl::DataLossError(Where("section 'vram' has extra bytes"));
         }
-        const uint64_t room =
-            std::min(kRunPages, present[range].second - in_range) *
-                kPageBytes -
-            pages.size();
-        const uint64_t n = std::min(room, length - off);
+        const uint64_t n = std::min(target() - have, length - off);
         if (data.empty()) {
-          pages.insert(pages.end(), n, 0);
+          rec.insert(rec.end(), n, 0);
         } else {
-          pages.insert(pages.end(), data.begin() + off, data.begin() + off + n);
+          rec.insert(rec.end(), data.begin() + off, data.begin() + off + n);
         }
         off += n;
-        if (pages.size() ==
-            std::min(kRunPages, present[range].second - in_range) *
-                kPageBytes) {
+        have += n;
+        if (have == target()) {
           if (auto st = flush(); !st.ok()) return st;
+          if (range < present.size()) start();
         }
       }
       return absl::OkStatus();
     });
     if (!s.ok()) return s;
-    if (!pages.empty() || range != present.size()) {
+    if (have != 0 || range != present.size()) {
       return absl::DataLossError(Where("section 'vram' ends short of its pages"));
     }
     return absl::OkStatus();

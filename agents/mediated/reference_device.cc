@@ -500,7 +500,7 @@ struct RefVgpu::Impl {
   }
 
   // --- resuming ---
-  absl::Status ApplyRecord(const stream::RecordParser::Record& r) {
+  absl::Status ApplyRecord(const stream::RecordView& r) {
     const auto& p = r.payload;
     if (got_end) {
       return Err(EINVAL, absl::StrCat(stream::RecordTypeName(r.header.type),
@@ -668,15 +668,14 @@ class RefStream : public DataStream {
       return d.Err(EIO, "injected fault while loading");
     }
     if (!d.resume_error.ok()) return d.resume_error;
-    if (auto s = d.parser.Feed(data); !s.ok()) {
-      d.resume_error = d.Err(EINVAL, s.message());
+    absl::Status applied;  // the device's own refusal, errno and all
+    absl::Status s = d.parser.Feed(data, [&](const stream::RecordView& r) {
+      applied = d.ApplyRecord(r);
+      return applied;
+    });
+    if (!s.ok()) {
+      d.resume_error = applied.ok() ? d.Err(EINVAL, s.message()) : applied;
       return d.resume_error;
-    }
-    while (auto r = d.parser.Next()) {
-      if (auto s = d.ApplyRecord(*r); !s.ok()) {
-        d.resume_error = s;
-        return s;
-      }
     }
     return absl::OkStatus();
   }

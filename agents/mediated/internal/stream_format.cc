@@ -3,6 +3,7 @@
 #define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack
 #include <xxhash.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/base/internal/endian.h"
@@ -113,25 +114,34 @@ uint64_t Checksum(RecordType type, uint32_t index,
   return XXH3_64bits_withSeed(payload.data(), payload.size(), seed);
 }
 
+size_t BeginRecord(std::vector<uint8_t>* out) {
+  const size_t begin = out->size();
+  out->resize(begin + kHeaderBytes);
+  return begin;
+}
+
+void FinishRecord(RecordType type, uint32_t index, size_t begin,
+                  std::vector<uint8_t>* out) {
+  uint8_t* h = out->data() + begin;
+  const uint64_t length = out->size() - begin - kHeaderBytes;
+  absl::little_endian::Store32(h, kRecordMagic);
+  absl::little_endian::Store16(h + 4, static_cast<uint16_t>(type));
+  absl::little_endian::Store16(h + 6, kRecordVersion);
+  absl::little_endian::Store32(h + 8, index);
+  absl::little_endian::Store32(h + 12, 0);
+  absl::little_endian::Store64(h + 16, length);
+  // Hashing the copy, not the source, covers exactly the bytes sent.
+  absl::little_endian::Store64(
+      h + 24, Checksum(type, index,
+                       absl::MakeConstSpan(h + kHeaderBytes, length)));
+}
+
 void AppendRecordParts(RecordType type, uint32_t index,
                        std::initializer_list<absl::Span<const uint8_t>> parts,
                        std::vector<uint8_t>* out) {
-  uint64_t length = 0;
-  for (auto p : parts) length += p.size();
-  const size_t header = out->size();
-  Put32(out, kRecordMagic);
-  Put16(out, static_cast<uint16_t>(type));
-  Put16(out, kRecordVersion);
-  Put32(out, index);
-  Put32(out, 0);
-  Put64(out, length);
-  Put64(out, 0);  // checksum, once the payload is in place
+  const size_t begin = BeginRecord(out);
   for (auto p : parts) out->insert(out->end(), p.begin(), p.end());
-  // Hashing the copy, not the source, covers exactly the bytes sent.
-  absl::little_endian::Store64(
-      out->data() + header + 24,
-      Checksum(type, index,
-               absl::MakeConstSpan(*out).subspan(header + kHeaderBytes)));
+  FinishRecord(type, index, begin, out);
 }
 
 void AppendRecord(RecordType type, uint32_t index,
@@ -174,51 +184,63 @@ absl::StatusOr<RecordHeader> DecodeHeader(absl::Span<const uint8_t> b) {
   return h;
 }
 
-absl::Status RecordParser::Feed(absl::Span<const uint8_t> data) {
-  if (!failed_.ok()) return failed_;
-  // Drop what was consumed before growing the buffer.
-  if (pos_ > 0 && pos_ == buf_.size()) {
-    buf_.clear();
-    pos_ = 0;
-  } else if (pos_ > (1u << 20)) {
-    buf_.erase(buf_.begin(), buf_.begin() + static_cast<ptrdiff_t>(pos_));
-    pos_ = 0;
-  }
-  buf_.insert(buf_.end(), data.begin(), data.end());
-  failed_ = Parse();
-  return failed_;
-}
-
-absl::Status RecordParser::Parse() {
-  while (buf_.size() - pos_ >= kHeaderBytes) {
-    auto h = DecodeHeader(absl::MakeConstSpan(buf_).subspan(pos_));
+absl::StatusOr<size_t> RecordParser::Consume(absl::Span<const uint8_t> data,
+                                             const RecordVisitor& visit) {
+  size_t pos = 0;
+  while (data.size() - pos >= kHeaderBytes) {
+    auto h = DecodeHeader(data.subspan(pos));
     if (!h.ok()) {
       return absl::Status(h.status().code(),
                           absl::StrCat("stream offset ", consumed_, ": ",
                                        h.status().message()));
     }
-    if (buf_.size() - pos_ < kHeaderBytes + h->length) break;
-    auto payload = absl::MakeConstSpan(buf_).subspan(pos_ + kHeaderBytes,
-                                                     h->length);
+    if (data.size() - pos - kHeaderBytes < h->length) break;
+    auto payload = data.subspan(pos + kHeaderBytes, h->length);
     if (Checksum(h->type, h->index, payload) != h->checksum) {
       return absl::DataLossError(absl::StrCat(
           "stream offset ", consumed_, ": ", RecordTypeName(h->type),
           " record ", h->index, ": checksum mismatch"));
     }
-    ready_.push_back({*h, std::vector<uint8_t>(payload.begin(), payload.end())});
-    pos_ += kHeaderBytes + h->length;
+    if (absl::Status s = visit(RecordView{*h, payload}); !s.ok()) return s;
+    pos += kHeaderBytes + h->length;
     consumed_ += kHeaderBytes + h->length;
   }
-  return absl::OkStatus();
+  return pos;
 }
 
-std::optional<RecordParser::Record> RecordParser::Next() {
-  if (ready_pos_ >= ready_.size()) {
-    ready_.clear();
-    ready_pos_ = 0;
-    return std::nullopt;
+absl::Status RecordParser::Feed(absl::Span<const uint8_t> data,
+                                const RecordVisitor& visit) {
+  if (!failed_.ok()) return failed_;
+  // Complete a record split across feeds first: take just enough bytes
+  // for its header, then for its payload.
+  while (!partial_.empty() && !data.empty()) {
+    size_t want = kHeaderBytes;
+    if (partial_.size() >= kHeaderBytes) {
+      auto h = DecodeHeader(partial_);
+      if (!h.ok()) break;  // Consume reports it below
+      want = kHeaderBytes + h->length;
+    }
+    const size_t take = std::min(want - partial_.size(), data.size());
+    partial_.insert(partial_.end(), data.begin(), data.begin() + take);
+    data.remove_prefix(take);
+    if (partial_.size() < want) continue;
+    if (partial_.size() > kHeaderBytes || want == kHeaderBytes) {
+      auto used = Consume(partial_, visit);
+      if (!used.ok()) return failed_ = used.status();
+      if (*used == partial_.size()) partial_.clear();
+    }
   }
-  return std::move(ready_[ready_pos_++]);
+  if (partial_.empty()) {
+    auto used = Consume(data, visit);
+    if (!used.ok()) return failed_ = used.status();
+    data.remove_prefix(*used);
+  } else if (partial_.size() >= kHeaderBytes) {
+    // A header that does not decode fails here, not on the next feed.
+    auto used = Consume(partial_, visit);
+    if (!used.ok()) return failed_ = used.status();
+  }
+  partial_.insert(partial_.end(), data.begin(), data.end());
+  return absl::OkStatus();
 }
 
 }  // namespace vgpu::agents::mediated::stream

@@ -10,6 +10,7 @@
 #define VGPU_AGENTS_MEDIATED_INTERNAL_STREAM_FORMAT_H_
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -76,31 +77,42 @@ void AppendRecordParts(RecordType type, uint32_t index,
 // Decodes and bounds-checks a header (not the payload).
 absl::StatusOr<RecordHeader> DecodeHeader(absl::Span<const uint8_t> bytes);
 
-// Reassembles records from bytes in any segmentation. Each record is
-// returned only once its payload's checksum matched.
+// Starts a record in `out` (a header to be filled in) and returns where
+// it begins; append the payload to `out`, then FinishRecord fills in the
+// length and the checksum. Lets a caller build a payload in place.
+size_t BeginRecord(std::vector<uint8_t>* out);
+void FinishRecord(RecordType type, uint32_t index, size_t begin,
+                  std::vector<uint8_t>* out);
+
+// A record whose header and checksum have been checked; `payload` lives
+// until the visitor returns.
+struct RecordView {
+  RecordHeader header;
+  absl::Span<const uint8_t> payload;
+};
+using RecordVisitor = std::function<absl::Status(const RecordView&)>;
+
+// Reassembles records from bytes in any segmentation and hands each to a
+// visitor once its checksum matched. Whole records inside one Feed are
+// visited where they lie; only a record split across Feeds is buffered.
 class RecordParser {
  public:
-  struct Record {
-    RecordHeader header;
-    std::vector<uint8_t> payload;
-  };
-  // Adds bytes. A bad header or checksum is an error naming the record's
-  // position (the stream offset of its header); the parser then stays
-  // failed.
-  absl::Status Feed(absl::Span<const uint8_t> data);
-  // The next complete record, if any.
-  std::optional<Record> Next();
+  // A bad header or checksum is an error naming the record's position (the
+  // stream offset of its header), as is an error from `visit`; the parser
+  // then stays failed.
+  absl::Status Feed(absl::Span<const uint8_t> data,
+                    const RecordVisitor& visit);
   // Bytes held that do not make a whole record yet.
-  size_t partial_bytes() const { return buf_.size() - pos_; }
+  size_t partial_bytes() const { return partial_.size(); }
   uint64_t offset() const { return consumed_; }
 
  private:
-  absl::Status Parse();
-  std::vector<uint8_t> buf_;
-  size_t pos_ = 0;
-  uint64_t consumed_ = 0;  // stream offset of buf_[pos_]
-  std::vector<Record> ready_;
-  size_t ready_pos_ = 0;
+  // Visits the whole records at the start of `data`; returns the bytes
+  // used, or an error.
+  absl::StatusOr<size_t> Consume(absl::Span<const uint8_t> data,
+                                 const RecordVisitor& visit);
+  std::vector<uint8_t> partial_;
+  uint64_t consumed_ = 0;  // stream offset of the first unvisited byte
   absl::Status failed_;
 };
 
