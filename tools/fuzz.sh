@@ -36,6 +36,7 @@ targets=(
   state-codecs/fuzz:stream_fuzzer:stream
   migrator/fuzz:peer_input_fuzzer:peer_input
   agents/mediated/fuzz:mdev_stream_fuzzer:mdev_stream
+  agents/mediated/fuzz:mdev_load_fuzzer:mdev_load
 )
 
 mkdir -p "$out/logs" "$out/artifacts"
