@@ -151,6 +151,7 @@ class ControlServer final : public schema::Control::Server {
   kj::Promise<void> registerVm(RegisterVmContext context) override;
   kj::Promise<void> unregisterVm(UnregisterVmContext context) override;
   kj::Promise<void> check(CheckContext context) override;
+  kj::Promise<void> checkHere(CheckHereContext context) override;
   kj::Promise<void> migrate(MigrateContext context) override;
   kj::Promise<void> snapshot(SnapshotContext context) override;
   kj::Promise<void> restore(RestoreContext context) override;
@@ -489,6 +490,26 @@ kj::Promise<void> ControlServer::check(CheckContext context) {
     internal::SetReport(*report, context.getResults().initReport());
   }
   SetError(report.status(), context.getResults().initError());
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> ControlServer::checkHere(CheckHereContext context) {
+  auto in = context.getParams().getDevices();
+  absl::Status s;
+  if (in.size() == 0) {
+    s = absl::InvalidArgumentError("checkHere: no devices to check");
+  } else if (in.size() > 64) {
+    s = absl::InvalidArgumentError(absl::StrCat(
+        "checkHere: ", in.size(), " devices; a VM has at most 64 vGPUs"));
+  }
+  if (s.ok()) {
+    std::vector<schema::DeviceDescriptor::Reader> list;
+    for (auto d : in) list.push_back(d);
+    CompatReport report = CheckCompatibility(list, d_->Profile());
+    internal::SetReport(report, context.getResults().initReport());
+    s = report.ToStatus();
+  }
+  SetError(s, context.getResults().initError());
   return kj::READY_NOW;
 }
 

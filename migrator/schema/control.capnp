@@ -118,4 +118,10 @@ interface Control {
   exportSnapshot @15 (id :Text, path :Text) -> (error :C.Error);
   importSnapshot @16 (path :Text, tag :Text)
       -> (snapshot :SnapshotRecord, error :C.Error);
+
+  # May vGPUs described so run on this host? The compatibility report of
+  # this host's own offer, as a destination would compute it; for the
+  # libvirt hook, which vetoes an incoming domain it cannot host.
+  checkHere @17 (devices :List(D.DeviceDescriptor))
+      -> (report :C.CompatReport, error :C.Error);
 }
