@@ -1,0 +1,345 @@
+// The libvirt hook against a real vgpud (one host on loopback, with the
+// reference mediated GPU): every operation it handles, domains that are
+// not ours, malformed XML, an incompatible destination, vgpud unreachable
+// or silent, the argument contract, and the installer.
+#include "migrator/hook/hook.h"
+
+#include <signal.h>
+#include <spawn.h>
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <thread>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "absl/strings/str_cat.h"
+#include "agents/mediated/mediated_agent.h"
+#include "agents/mediated/reference_device.h"
+#include "migrator/hook/domain_xml.h"
+#include "migrator/internal/rpc_link.h"
+#include "migrator/internal/rpc_util.h"
+#include "migrator/schema/control.capnp.h"
+
+extern char** environ;
+
+namespace vgpu::hook {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr char kUuid[] = "5a7c0f3e-1d2b-4e8f-9c6a-0b1d2e3f4a01";
+
+std::string Dir() {
+  // Under /tmp: Unix socket paths must fit 108 bytes, and Bazel's test
+  // temporary directory is deeper than that.
+  static std::string dir = [] {
+    char tmpl[] = "/tmp/vgpu-hook-test.XXXXXX";
+    return std::string(mkdtemp(tmpl));
+  }();
+  return dir;
+}
+
+bool Accepts(const std::string& path) {
+  int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::snprintf(a.sun_path, sizeof(a.sun_path), "%s", path.c_str());
+  bool ok = connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0;
+  close(fd);
+  return ok;
+}
+
+// One vgpud with a reference mediated GPU (type REF-4C, 32 MiB instances).
+class Vgpud {
+ public:
+  Vgpud() {
+    socket_ = Dir() + "/control.sock";
+    std::ofstream(Dir() + "/vgpud.json")
+        << R"({"mediated": {"reference": {"type": "REF-4C", "instances": 4,
+              "vram": "32M", "workload": "4M"}}})";
+    const std::string bin =
+        absl::StrCat(std::getenv("TEST_SRCDIR"), "/vgpu_migrate/migrator/vgpud");
+    const std::string port = std::to_string(20000 + getpid() % 20000);
+    std::vector<std::string> args = {
+        bin, "--config", Dir() + "/vgpud.json", "--host", "h1", "--listen",
+        "127.0.0.1:" + port, "--control", socket_, "--store", Dir() + "/store",
+        "--run-dir", Dir() + "/run", "--insecure"};
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 2, (Dir() + "/vgpud.log").c_str(),
+                                     O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    EXPECT_EQ(posix_spawn(&pid_, bin.c_str(), &fa, nullptr, argv.data(),
+                          environ),
+              0);
+    posix_spawn_file_actions_destroy(&fa);
+    for (int i = 0; i < 200 && !Accepts(socket_); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    }
+  }
+  ~Vgpud() {
+    kill(pid_, SIGTERM);
+    waitpid(pid_, nullptr, 0);
+  }
+  const std::string& socket() const { return socket_; }
+
+  // VM names vgpud lists, and the health of the first VM's devices.
+  std::vector<std::string> Vms(std::string* health = nullptr) {
+    auto rpc = migrator::internal::RpcClient::ConnectUnix(socket_);
+    if (!rpc.ok()) return {};
+    auto api = (*rpc)->Bootstrap<schema::Control>();
+    auto reply = (*rpc)->Wait(api.listVmsRequest().send(), absl::Seconds(5),
+                              "list");
+    std::vector<std::string> out;
+    if (!reply.ok()) return out;
+    for (auto v : reply->getVms()) {
+      out.push_back(v.getName());
+      if (health != nullptr && v.getDevices().size() > 0) {
+        *health = v.getDevices()[0].getHealth();
+      }
+    }
+    return out;
+  }
+  std::vector<std::string> SnapshotTags(const std::string& vm) {
+    auto rpc = migrator::internal::RpcClient::ConnectUnix(socket_);
+    auto api = (*rpc)->Bootstrap<schema::Control>();
+    auto req = api.snapshotsRequest();
+    req.setVm(vm);
+    auto reply = (*rpc)->Wait(req.send(), absl::Seconds(5), "snapshots");
+    std::vector<std::string> out;
+    if (!reply.ok()) return out;
+    for (auto s : reply->getSnapshots()) out.push_back(s.getTag());
+    return out;
+  }
+
+ private:
+  std::string socket_;
+  pid_t pid_ = -1;
+};
+
+Vgpud* daemon = nullptr;
+
+Vgpud& Daemon() {
+  if (daemon == nullptr) daemon = new Vgpud();
+  return *daemon;
+}
+
+// Stops vgpud and removes the scratch directory when the tests end.
+class Cleanup : public ::testing::Environment {
+ public:
+  void TearDown() override {
+    delete daemon;
+    daemon = nullptr;
+    std::system(absl::StrCat("rm -rf '", Dir(), "'").c_str());
+  }
+};
+const auto* const kCleanup = ::testing::AddGlobalTestEnvironment(new Cleanup);
+
+std::string DescriptorOf(const std::string& type) {
+  agents::mediated::RefVgpuConfig c;
+  c.name = kUuid;
+  c.type = type;
+  c.vram_bytes = 32 << 20;
+  auto dev = agents::mediated::RefVgpu::Create(c);
+  auto d = agents::mediated::DescribeMediated(**dev,
+                                              agents::mediated::RefInfo(c));
+  return EncodeDescriptor(*d);
+}
+
+std::string Domain(const std::string& name, const std::string& devices) {
+  return absl::StrCat(
+      "<domain type='kvm'><name>", name,
+      "</name><uuid>6f1c2a9e-3b7d-4c1e-9a55-0d2f4e8b7c31</uuid>",
+      devices.empty()
+          ? ""
+          : absl::StrCat("<metadata><vgpu:vm xmlns:vgpu='", kNamespace, "'>",
+                         devices, "</vgpu:vm></metadata>"),
+      "<devices><hostdev mode='subsystem' type='mdev'><source><address uuid='",
+      kUuid, "'/></source></hostdev></devices></domain>");
+}
+
+std::string Mediated(const std::string& descriptor_b64 = "") {
+  return absl::StrCat(
+      "<vgpu:device strategy='mediated' endpoint='", kUuid, "'>",
+      descriptor_b64.empty()
+          ? ""
+          : absl::StrCat("<vgpu:descriptor>", descriptor_b64,
+                         "</vgpu:descriptor>"),
+      "</vgpu:device>");
+}
+
+HookOptions Options() {
+  HookOptions o;
+  o.socket = Daemon().socket();
+  o.timeout = absl::Seconds(20);
+  o.state_dir = Dir() + "/state";
+  return o;
+}
+
+HookResult Hook(const std::string& domain, const std::string& op,
+               const std::string& sub, const std::string& xml,
+               const HookOptions& o = Options()) {
+  return RunHook({domain, op, sub, "-"}, xml, o);
+}
+
+TEST(Hook, MigrateBeginAdmitsWhatThisHostCanRun) {
+  HookResult r = Hook("vm1", "migrate", "begin",
+                     Domain("vm1", Mediated(DescriptorOf("REF-4C"))));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "") << "empty output: the XML stays as it is";
+}
+
+TEST(Hook, MigrateBeginVetoesAnIncompatibleDestination) {
+  HookResult r = Hook("vm1", "migrate", "begin",
+                     Domain("vm1", Mediated(DescriptorOf("REF-8C"))));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("vm1 migrate begin: refused"));
+  EXPECT_THAT(r.err, HasSubstr("vendor-type"));
+  EXPECT_THAT(r.err, HasSubstr("REF-8C"));
+}
+
+TEST(Hook, DomainsWithoutTheMetadataAreNotOurs) {
+  for (const char* op : {"migrate", "prepare", "restore"}) {
+    HookResult r = Hook("plain", op, "begin", Domain("plain", ""));
+    EXPECT_EQ(r.exit_code, 0) << op << ": " << r.err;
+    EXPECT_EQ(r.out, "");
+    EXPECT_EQ(r.err, "");
+  }
+  // Nothing reached vgpud: no VM named plain.
+  EXPECT_THAT(Daemon().Vms(), ::testing::Not(::testing::Contains("plain")));
+}
+
+TEST(Hook, MalformedXmlIsRefusedWhereRefusingIsPossible) {
+  HookResult r = Hook("vm1", "migrate", "begin", "<domain><name>vm1");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("does not parse: line 1"));
+  r = Hook("vm1", "stopped", "end", "not xml at all");
+  EXPECT_EQ(r.exit_code, 0) << "a stop cannot be refused, only reported";
+  EXPECT_THAT(r.err, HasSubstr("does not parse"));
+  r = Hook("vm1", "migrate", "begin",
+          Domain("vm1", "<vgpu:device strategy='mediated'/>"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("device 0 lacks its endpoint attribute"));
+}
+
+TEST(Hook, UnreachableOrSilentVgpudIsARefusalWithinTheTimeout) {
+  HookOptions o = Options();
+  o.socket = Dir() + "/nobody.sock";
+  HookResult r = Hook("vm1", "migrate", "begin",
+                     Domain("vm1", Mediated(DescriptorOf("REF-4C"))), o);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("cannot reach vgpud at " + o.socket));
+  // A socket that accepts and never answers.
+  const std::string silent = Dir() + "/silent.sock";
+  int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::snprintf(a.sun_path, sizeof(a.sun_path), "%s", silent.c_str());
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  ASSERT_EQ(listen(fd, 4), 0);
+  o.socket = silent;
+  o.timeout = absl::Seconds(2);
+  const auto start = std::chrono::steady_clock::now();
+  r = Hook("vm1", "prepare", "begin", Domain("vm1", Mediated()), o);
+  const double secs = std::chrono::duration<double>(
+                          std::chrono::steady_clock::now() - start)
+                          .count();
+  close(fd);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("no answer within"));
+  EXPECT_LT(secs, 5.0) << "the hook must not wedge libvirt";
+}
+
+TEST(Hook, ArgumentsAndUnhandledOperations) {
+  HookResult r = RunHook({"vm1", "migrate"}, "", Options());
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("got 2 argument(s)"));
+  for (const char* op : {"start", "started", "reconnect", "attach"}) {
+    r = Hook("vm1", op, "begin", Domain("vm1", Mediated()));
+    EXPECT_EQ(r.exit_code, 0) << op;
+    EXPECT_EQ(r.err, "") << op;
+  }
+}
+
+// prepare registers; stopped saves the vGPU state; release forgets the
+// VM; restore + prepare bring the saved state back.
+TEST(Hook, LifecycleThroughVgpud) {
+  const std::string xml = Domain("vm9", Mediated());
+  HookResult r = Hook("vm9", "prepare", "begin", xml);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::string health;
+  std::vector<std::string> vms = Daemon().Vms(&health);
+  ASSERT_THAT(vms, ::testing::Contains("vm9"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+
+  r = Hook("vm9", "stopped", "end", xml);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("vGPU state saved"));
+  EXPECT_THAT(Daemon().SnapshotTags("vm9"),
+              ::testing::Contains("libvirt-stopped"));
+
+  r = Hook("vm9", "release", "end", xml);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(Daemon().Vms(), ::testing::Not(::testing::Contains("vm9")));
+
+  r = Hook("vm9", "restore", "begin",
+          Domain("vm9", Mediated(DescriptorOf("REF-4C"))));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = Hook("vm9", "prepare", "begin", xml);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("vGPU state restored from snapshot"));
+  vms = Daemon().Vms(&health);
+  EXPECT_THAT(vms, ::testing::Contains("vm9"));
+  // The restored vGPU passes its own consistency check.
+  bool found = false;
+  for (int i = 0; i < 20 && !found; ++i) {
+    Daemon().Vms(&health);
+    found = health.find("stamps intact") != std::string::npos;
+  }
+  EXPECT_TRUE(found) << health;
+
+  // Restoring a domain whose state was never saved here is refused.
+  r = Hook("never", "restore", "begin", Domain("never", Mediated()));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = Hook("never", "prepare", "begin", Domain("never", Mediated()));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("no snapshot tagged libvirt-stopped of never"));
+}
+
+TEST(Hook, InstallWritesTheScriptAndSaysToRestart) {
+  const std::string hooks = Dir() + "/hooks";
+  HookOptions o = Options();
+  const std::string self = absl::StrCat(std::getenv("TEST_SRCDIR"),
+                                        "/vgpu_migrate/migrator/vgpud");
+  auto r = Install(hooks, self, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->restart_needed);
+  EXPECT_EQ(r->path, hooks + "/qemu.d/50-vgpu-migrate");
+  struct stat st;
+  ASSERT_EQ(stat(r->path.c_str(), &st), 0);
+  EXPECT_TRUE(st.st_mode & S_IXUSR);
+  std::ifstream f(r->path);
+  std::string text((std::istreambuf_iterator<char>(f)),
+                   std::istreambuf_iterator<char>());
+  EXPECT_THAT(text, HasSubstr("--socket '" + o.socket + "'"));
+  EXPECT_THAT(text, HasSubstr("--timeout 20"));
+  auto again = Install(hooks, self, o);
+  ASSERT_TRUE(again.ok());
+  EXPECT_FALSE(again->restart_needed) << "qemu.d existed already";
+  EXPECT_EQ(Install(hooks, Dir() + "/no-such-binary", o).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace vgpu::hook
