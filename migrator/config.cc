@@ -248,6 +248,16 @@ absl::Status ParseTop(const json& j, Config* c) {
     }
     f.Finish();
   }
+  if (const json* l = top.Take("libvirt")) {
+    FieldReader f(*l, "libvirt", &status);
+    f.String("uri", &c->libvirt_uri);
+    int ms = static_cast<int>(c->libvirt_poll_ms);
+    if (f.Int("poll_ms", &ms) && (ms < 100 || ms > 600000)) {
+      f.Fail(f.Path("poll_ms"), absl::StrCat(ms, " is outside 100..600000"));
+    }
+    c->libvirt_poll_ms = static_cast<uint32_t>(ms);
+    f.Finish();
+  }
   if (const json* p = top.Take("passthrough")) {
     FieldReader f(*p, "passthrough", &status);
     f.String("sys_root", &c->sys_root);

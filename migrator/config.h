@@ -76,6 +76,10 @@ struct Config {
   // Direct pass-through: where sysfs and /dev are (tests point elsewhere).
   std::string sys_root = "/sys";
   std::string dev_root = "/dev";
+  // libvirt: a read-only connection whose domains with vGPUs vgpud
+  // registers, polled every libvirt_poll_ms (empty uri: off).
+  std::string libvirt_uri;
+  uint32_t libvirt_poll_ms = 2000;
   // What this host declares beyond what it detects (GPUs, API-forwarding
   // backends); merged into the HostProfile peers see.
   HostProfile declared;

@@ -201,6 +201,9 @@ TEST(ConfigTest, ErrorsNameTheKey) {
       {R"({"mediated": {"refrence": {}}})", "mediated.refrence: unknown key"},
       {R"({"passthrough": {"sysroot": "/x"}})",
        "passthrough.sysroot: unknown key"},
+      {R"({"libvirt": {"poll_ms": 5}})",
+       "libvirt.poll_ms: 5 is outside 100..600000"},
+      {R"({"libvirt": {"url": "qemu:///system"}})", "libvirt.url: unknown key"},
       {R"({"vms": [{"name": "a", "devices": [
            {"strategy": "emulation", "endpoint": "/s", "vram": 1}]}]})",
        "vms[0].devices[0].vram: unknown key"},
@@ -210,6 +213,7 @@ TEST(ConfigTest, ErrorsNameTheKey) {
   auto ok = ParseConfig(R"({"mediated": {"reference": {"type": "REF-8C",
       "instances": 2, "vram": "32M", "contexts": 8, "workload": "4M"}},
       "passthrough": {"sys_root": "/tmp/sys"},
+      "libvirt": {"uri": "qemu:///system", "poll_ms": 500},
       "vms": [{"name": "a", "devices": [
         {"strategy": "mediated",
          "endpoint": "6f1c2a8e-3b7d-4c55-9a10-2d4e8b7f0a01"},
@@ -223,6 +227,8 @@ TEST(ConfigTest, ErrorsNameTheKey) {
   EXPECT_EQ(ok->reference_contexts, 8u);
   EXPECT_EQ(ok->reference_workload_bytes_per_second, 4u << 20);
   EXPECT_EQ(ok->sys_root, "/tmp/sys");
+  EXPECT_EQ(ok->libvirt_uri, "qemu:///system");
+  EXPECT_EQ(ok->libvirt_poll_ms, 500u);
   EXPECT_EQ(ok->vms[0].devices[1].strategy, "directPassthrough");
   EXPECT_FALSE(ParseConfig("{}", kOrigin)->reference_gpu) << "off by default";
   for (const Case& c : cases) {

@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "migrator/internal/rpc_link.h"
+#include "migrator/libvirt_inventory.h"
 #include "migrator/internal/rpc_util.h"
 #include "migrator/schema/control.capnp.h"
 
@@ -235,6 +236,14 @@ class DaemonImpl : public Daemon {
       if (auto s = inventory_.Register(std::move(e)); !s.ok()) return s;
     }
 
+    if (!config_.libvirt_uri.empty()) {
+      // Domains that carry vGPUs become VMs here, as if registered.
+      libvirt_ = std::make_unique<LibvirtWatcher>(
+          config_.libvirt_uri, absl::Milliseconds(config_.libvirt_poll_ms),
+          &inventory_, [this](const VmEntry& vm) { return Describable(vm); },
+          [this](const std::string& line) { Log(line); });
+    }
+
     auto control = ListenUnix(config_.control_socket);
     if (!control.ok()) return control.status();
     control_fd_ = *control;
@@ -258,6 +267,7 @@ class DaemonImpl : public Daemon {
       stopped_ = true;
     }
     Log("stopping: no new connections; cancelling running jobs");
+    libvirt_.reset();
     for (int fd : {control_fd_, peer_fd_}) {
       if (fd >= 0) shutdown(fd, SHUT_RDWR);
     }
@@ -280,6 +290,25 @@ class DaemonImpl : public Daemon {
 
   void Log(const std::string& line) {
     log_(absl::StrCat("host=", config_.host, ": ", line));
+  }
+
+  // Whether every device of `vm` has a backend here that can describe it,
+  // as registration requires.
+  absl::Status Describable(const VmEntry& vm) {
+    for (const VmDevice& d : vm.devices) {
+      auto it = backends_.find(d.strategy);
+      if (it == backends_.end()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "strategy '", d.strategy, "' has no agent on this host"));
+      }
+      auto desc = it->second->Describe(d.endpoint);
+      if (!desc.ok()) {
+        return absl::Status(desc.status().code(),
+                            absl::StrCat("device ", d.endpoint, ": ",
+                                         desc.status().message()));
+      }
+    }
+    return absl::OkStatus();
   }
 
   HostProfile Profile() {
@@ -371,6 +400,7 @@ class DaemonImpl : public Daemon {
   BackendRegistry backends_;
   LogFn log_;
   Inventory inventory_;
+  std::unique_ptr<LibvirtWatcher> libvirt_;
   JobTable jobs_;
   IncomingRegistry incoming_;
   std::unique_ptr<store::Store> store_;

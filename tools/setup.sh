@@ -11,7 +11,7 @@ PACKAGES=(
   capnproto libcapnp-dev libzstd-dev zstd libxxhash-dev librocksdb-dev
   # common libraries
   libabsl-dev libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev libssl-dev
-  libxml2-dev
+  libxml2-dev libvirt-dev
   # tests, fuzzing, benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev clang-format
   # hosts as network namespaces, link cuts (end-to-end tests, demo)

@@ -3,6 +3,7 @@
 #include <libxml/parser.h>
 #include <libxml/tree.h>
 
+#include <cstdlib>
 #include <memory>
 
 #include "absl/strings/escaping.h"
@@ -111,6 +112,36 @@ std::vector<xmlNode*> MdevAddresses(xmlNode* root) {
   return out;
 }
 
+// <hostdev mode='subsystem' type='pci'><source><address domain= bus=
+// slot= function=/>, as the sysfs name "dddd:bb:ss.f".
+absl::StatusOr<std::vector<std::string>> PciHostdevs(xmlNode* root) {
+  std::vector<std::string> out;
+  xmlNode* devices = Child(root, "devices");
+  if (devices == nullptr) return out;
+  for (xmlNode* h = devices->children; h != nullptr; h = h->next) {
+    if (!Named(h, "hostdev") || Attr(h, "type") != "pci") continue;
+    xmlNode* source = Child(h, "source");
+    xmlNode* a = source != nullptr ? Child(source, "address") : nullptr;
+    if (a == nullptr) continue;
+    unsigned long v[4];
+    const char* names[4] = {"domain", "bus", "slot", "function"};
+    for (int i = 0; i < 4; ++i) {
+      const std::string text = Attr(a, names[i]);
+      char* end = nullptr;
+      v[i] = text.empty() ? (i == 0 ? 0 : ~0ul) : std::strtoul(text.c_str(), &end, 0);
+      if (v[i] == ~0ul || (end != nullptr && *end != 0)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "pci hostdev: bad or missing ", names[i], " '", text, "'"));
+      }
+    }
+    if (v[0] > 0xffff || v[1] > 0xff || v[2] > 0x1f || v[3] > 7) {
+      return absl::InvalidArgumentError("pci hostdev: address out of range");
+    }
+    out.push_back(absl::StrFormat("%04x:%02x:%02x.%x", v[0], v[1], v[2], v[3]));
+  }
+  return out;
+}
+
 }  // namespace
 
 std::string EncodeDescriptor(const Descriptor& d) {
@@ -147,6 +178,9 @@ absl::StatusOr<DomainInfo> ReadDomain(const std::string& xml) {
   if (xmlNode* n = Child(root, "name")) info.name = Text(n);
   if (xmlNode* u = Child(root, "uuid")) info.uuid = Text(u);
   for (xmlNode* a : MdevAddresses(root)) info.mdevs.push_back(Attr(a, "uuid"));
+  auto pci = PciHostdevs(root);
+  if (!pci.ok()) return pci.status();
+  info.pci_hostdevs = std::move(*pci);
   xmlNode* vm = VgpuElement(root);
   if (vm == nullptr) return info;
   std::vector<MetaDevice> devices;

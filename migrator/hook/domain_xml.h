@@ -47,6 +47,9 @@ struct DomainInfo {
   std::optional<std::vector<MetaDevice>> vgpus;
   // UUIDs of <hostdev mode='subsystem' type='mdev'> devices, in order.
   std::vector<std::string> mdevs;
+  // PCI addresses ("0000:3b:00.0") of <hostdev mode='subsystem'
+  // type='pci'> devices: whole devices passed through.
+  std::vector<std::string> pci_hostdevs;
 };
 
 // INVALID_ARGUMENT for XML that does not parse (with libxml2's line and

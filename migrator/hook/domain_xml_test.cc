@@ -60,6 +60,7 @@ TEST(DomainXml, ReadsTheMetadataAndMdevs) {
   EXPECT_EQ(info->uuid, "6f1c2a9e-3b7d-4c1e-9a55-0d2f4e8b7c31");
   EXPECT_EQ(info->mdevs,
             std::vector<std::string>{"5a7c0f3e-1d2b-4e8f-9c6a-0b1d2e3f4a01"});
+  EXPECT_EQ(info->pci_hostdevs, std::vector<std::string>{"0000:3b:00.0"});
   ASSERT_TRUE(info->vgpus.has_value());
   ASSERT_EQ(info->vgpus->size(), 2u);
   const MetaDevice& d0 = (*info->vgpus)[0];
@@ -109,6 +110,10 @@ TEST(DomainXml, BadInputSaysWhatAndWhere) {
        absl::StatusCode::kDataLoss, "device 0: descriptor does not decode"},
       {std::string(kMaxXmlBytes + 1, ' '), absl::StatusCode::kInvalidArgument,
        "exceeds"},
+      {absl::StrReplaceAll(Domain(""), {{"bus='0x3b'", "bus='0x3b7'"}}),
+       absl::StatusCode::kInvalidArgument, "pci hostdev: address out of range"},
+      {absl::StrReplaceAll(Domain(""), {{"slot='0x00'", "slot='x'"}}),
+       absl::StatusCode::kInvalidArgument, "bad or missing slot 'x'"},
   };
   for (const Case& c : cases) {
     auto info = ReadDomain(c.xml);
