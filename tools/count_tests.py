@@ -5,7 +5,8 @@ For each test target Bazel reports, reads its JUnit XML (bazel-testlogs/...)
 and counts the gtest cases in it; a target that failed to build, timed out
 or left no XML counts as one failed test. Prints one line per failing target
 and returns the totals. Also counts `FUZZ <target> PASS|FAIL` lines that
-tools/fuzz.sh prints.
+tools/fuzz.sh prints and `LIBVIRT <test> PASS|FAIL` lines of the scripted
+libvirt test (its SKIPPED lines count as neither).
 """
 import os
 import re
@@ -14,6 +15,9 @@ import xml.etree.ElementTree as ET
 
 STATUS = re.compile(r"^(//\S+)\s+(?:\(cached\)\s+)?(PASSED|FAILED|FLAKY|TIMEOUT|NO STATUS|FAILED TO BUILD|SKIPPED)")
 FUZZ = re.compile(r"^FUZZ (\S+) (PASS|FAIL)")
+# Scripted tests outside Bazel (tests/libvirt/): PASS or FAIL count;
+# SKIPPED lines say why and count as neither.
+SCRIPT = re.compile(r"^LIBVIRT (\S+) (PASS|FAIL)")
 
 
 def xml_counts(target):
@@ -65,6 +69,14 @@ def main(log_path):
             else:
                 failed += 1
                 print(f"failed: fuzz target {m.group(1)}")
+            continue
+        m = SCRIPT.match(line)
+        if m:
+            if m.group(2) == "PASS":
+                passed += 1
+            else:
+                failed += 1
+                print(f"failed: scripted test {m.group(1)}")
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
 

@@ -32,6 +32,23 @@ else
 fi
 
 
+say "libvirt: the hook under a real libvirtd and guest (tests/libvirt/hook_e2e.sh)"
+# Needs root (namespaces, libvirtd) and three Debian packages. Where it
+# cannot run it says why and counts as neither passed nor failed.
+if [ "$(id -u)" != 0 ]; then
+  echo "LIBVIRT hook_e2e SKIPPED: needs root (libvirtd, mount namespaces)" | tee -a "$log"
+elif ! tests/libvirt/setup_packages.sh >/tmp/vgpu-libvirt-setup.log 2>&1; then
+  echo "LIBVIRT hook_e2e SKIPPED: could not install libvirt/qemu (see /tmp/vgpu-libvirt-setup.log)" | tee -a "$log"
+else
+  libvirt_log=/tmp/vgpu-libvirt-hook-e2e.log
+  if BIN="$(bazel info bazel-bin 2>/dev/null)" tests/libvirt/hook_e2e.sh >"$libvirt_log" 2>&1; then
+    grep -E 'WARNING|said|PASS' "$libvirt_log" | sed 's/^/  /'
+    echo "LIBVIRT hook_e2e PASS" | tee -a "$log"
+  else
+    tail -n 25 "$libvirt_log" | sed 's/^/  /'
+    echo "LIBVIRT hook_e2e FAIL (see $libvirt_log)" | tee -a "$log"
+  fi
+fi
 say "results"
 python3 tools/count_tests.py "$log"
 count_rc=$?
