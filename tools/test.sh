@@ -32,22 +32,26 @@ else
 fi
 
 
-say "libvirt: the hook under a real libvirtd and guest (tests/libvirt/hook_e2e.sh)"
-# Needs root (namespaces, libvirtd) and three Debian packages. Where it
-# cannot run it says why and counts as neither passed nor failed.
+say "libvirt: the hook under real libvirtd and guests (tests/libvirt/hook_e2e.sh, migrate_e2e.sh)"
+# Needs root (namespaces, libvirtd) and a few Debian packages. Where they
+# cannot run they say why and count as neither passed nor failed.
 if [ "$(id -u)" != 0 ]; then
   echo "LIBVIRT hook_e2e SKIPPED: needs root (libvirtd, mount namespaces)" | tee -a "$log"
+  echo "LIBVIRT migrate_e2e SKIPPED: needs root (libvirtd, network namespaces)" | tee -a "$log"
 elif ! tests/libvirt/setup_packages.sh >/tmp/vgpu-libvirt-setup.log 2>&1; then
   echo "LIBVIRT hook_e2e SKIPPED: could not install libvirt/qemu (see /tmp/vgpu-libvirt-setup.log)" | tee -a "$log"
+  echo "LIBVIRT migrate_e2e SKIPPED: could not install libvirt/qemu" | tee -a "$log"
 else
-  libvirt_log=/tmp/vgpu-libvirt-hook-e2e.log
-  if BIN="$(bazel info bazel-bin 2>/dev/null)" tests/libvirt/hook_e2e.sh >"$libvirt_log" 2>&1; then
-    grep -E 'WARNING|said|PASS' "$libvirt_log" | sed 's/^/  /'
-    echo "LIBVIRT hook_e2e PASS" | tee -a "$log"
-  else
-    tail -n 25 "$libvirt_log" | sed 's/^/  /'
-    echo "LIBVIRT hook_e2e FAIL (see $libvirt_log)" | tee -a "$log"
-  fi
+  for t in hook_e2e migrate_e2e; do
+    libvirt_log=/tmp/vgpu-libvirt-$t.log
+    if BIN="$(bazel info bazel-bin 2>/dev/null)" "tests/libvirt/$t.sh" >"$libvirt_log" 2>&1; then
+      grep -E 'WARNING|said|vgpu-migrate --to|PASS' "$libvirt_log" | cut -c1-220 | sed 's/^/  /'
+      echo "LIBVIRT $t PASS" | tee -a "$log"
+    else
+      tail -n 25 "$libvirt_log" | sed 's/^/  /'
+      echo "LIBVIRT $t FAIL (see $libvirt_log)" | tee -a "$log"
+    fi
+  done
 fi
 say "results"
 python3 tools/count_tests.py "$log"

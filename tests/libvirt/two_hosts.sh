@@ -195,4 +195,4 @@ two_cleanup() {
   [[ $rc -eq 0 ]] || echo "$ME: exit $rc (cleaned up)" >&2
 }
 
-two_main "$@"
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then two_main "$@"; fi
