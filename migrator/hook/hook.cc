@@ -7,6 +7,7 @@
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <memory>
 
 #include "absl/strings/str_cat.h"
@@ -100,6 +101,7 @@ class Vgpud {
 
 struct Context {
   const std::vector<std::string>& args;  // domain, op, sub-op, extra
+  const std::string& xml;
   const DomainInfo& domain;
   const HookOptions& options;
   absl::Time deadline;
@@ -147,7 +149,44 @@ absl::Status CheckHere(Context& c) {
   return GetError(reply->getError());
 }
 
-absl::Status OnMigrateBegin(Context& c) { return CheckHere(c); }
+// When the vGPU state already arrived (vgpu-migrate --to ran first), the
+// domain's mdev UUIDs and metadata endpoints still name the source's
+// instances: rewrite them to the ones vgpud created here, by device order.
+absl::Status RewriteForThisHost(Context& c) {
+  auto v = Vgpud::Connect(c.options, c.deadline);
+  if (!v.ok()) return v.status();
+  auto reply = v->Call(v->api().listVmsRequest().send(), "list");
+  if (!reply.ok()) return reply.status();
+  std::map<std::string, std::string> map;
+  for (auto vm : reply->getVms()) {
+    if (c.name() != vm.getName().cStr()) continue;
+    auto here = vm.getDevices();
+    const auto& there = *c.domain.vgpus;
+    for (size_t i = 0; i < there.size() && i < here.size(); ++i) {
+      const std::string local = here[static_cast<unsigned>(i)].getEndpoint();
+      if (there[i].strategy == "mediated" &&
+          std::string(here[static_cast<unsigned>(i)].getStrategy().cStr()) ==
+              "mediated" &&
+          local != there[i].endpoint) {
+        map[there[i].endpoint] = local;
+      }
+    }
+  }
+  if (map.empty()) return absl::OkStatus();
+  auto out = RewriteDomain(c.xml, map, nullptr);
+  if (!out.ok()) return out.status();
+  c.result->out = *out;
+  for (const auto& [from, to] : map) {
+    absl::StrAppend(&c.result->err, "vgpu-libvirt-hook: ", c.name(),
+                    ": mdev ", from, " is ", to, " on this host\n");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status OnMigrateBegin(Context& c) {
+  if (absl::Status s = CheckHere(c); !s.ok()) return s;
+  return RewriteForThisHost(c);
+}
 
 absl::Status OnRestoreBegin(Context& c) {
   if (absl::Status s = CheckHere(c); !s.ok()) return s;
@@ -266,7 +305,8 @@ struct Operation {
 // Operations not listed (start, started, reconnect, attach, ...) pass.
 constexpr Operation kOperations[] = {
     {"migrate", "begin", true, OnMigrateBegin,
-     "incoming migration: refuse vGPUs this host cannot run"},
+     "incoming migration: refuse vGPUs this host cannot run; rewrite mdev "
+     "UUIDs to the instances that took their state here"},
     {"restore", "begin", true, OnRestoreBegin,
      "virsh restore: refuse vGPUs this host cannot run; mark the restore"},
     {"prepare", "begin", true, OnPrepareBegin,
@@ -305,7 +345,8 @@ HookResult RunHook(const std::vector<std::string>& args, const std::string& xml,
     return result;
   }
   if (!domain->vgpus.has_value()) return result;  // not ours
-  Context c{args, *domain, options, absl::Now() + options.timeout, &result};
+  Context c{args, xml, *domain, options, absl::Now() + options.timeout,
+            &result};
   absl::Status s = op->run(c);
   if (!s.ok()) {
     result.exit_code = op->vetoes ? 1 : 0;

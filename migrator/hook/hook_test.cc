@@ -200,6 +200,28 @@ TEST(Hook, MigrateBeginAdmitsWhatThisHostCanRun) {
   EXPECT_EQ(r.out, "") << "empty output: the XML stays as it is";
 }
 
+// The vGPU state arrived first (as vgpu-migrate --to does): the domain XML
+// that comes with the guest names the source's mdev; the hook rewrites it
+// to the instance that took the state here.
+TEST(Hook, MigrateBeginRewritesMdevUuidsToThisHostsInstances) {
+  const std::string here = "0b9c6a3e-1d2b-4e8f-9c6a-0b1d2e3f4a77";
+  std::string xml = Domain("vm7", "<vgpu:device strategy='mediated' "
+                                   "endpoint='" + here + "'/>");
+  ASSERT_EQ(Hook("vm7", "prepare", "begin", xml).exit_code, 0);
+  ASSERT_THAT(Daemon().Vms(), ::testing::Contains("vm7"));
+  // The incoming domain still names the source's instance (kUuid).
+  HookResult r = Hook("vm7", "migrate", "begin",
+                      Domain("vm7", Mediated(DescriptorOf("REF-4C"))));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ASSERT_FALSE(r.out.empty());
+  auto info = ReadDomain(r.out);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->mdevs, std::vector<std::string>{here});
+  EXPECT_EQ((*info->vgpus)[0].endpoint, here);
+  EXPECT_THAT(r.err, HasSubstr(absl::StrCat("mdev ", kUuid, " is ", here)));
+  EXPECT_EQ(Hook("vm7", "release", "end", xml).exit_code, 0);
+}
+
 TEST(Hook, MigrateBeginVetoesAnIncompatibleDestination) {
   HookResult r = Hook("vm1", "migrate", "begin",
                      Domain("vm1", Mediated(DescriptorOf("REF-8C"))));

@@ -7,9 +7,10 @@
 #   1. virsh start on host A: the hook registers the vGPU with A's vgpud.
 #   2. vgpu-migrate --to hostB: the vGPU state moves to B's vgpud (pre-copy
 #      while the guest runs, then stop-copy).
-#   3. virsh migrate --live A -> B: on B the hook's migrate begin and
-#      prepare begin find the VM already there and leave it; on A the
-#      hook's stopped end finds it gone and saves nothing.
+#   3. virsh migrate --live A -> B: on B the hook's migrate begin rewrites
+#      the domain's mdev UUID to the instance that took the state there and
+#      prepare begin finds the VM already registered; on A the hook's
+#      stopped end finds it gone and saves nothing.
 #   4. On B the guest's counter goes on without a reboot and the vGPU runs
 #      with its stamps intact and its context sequences rising; A has
 #      neither.
@@ -72,6 +73,18 @@ runs_on() {  # HOST VAR
   printf -v "$2" '%s' "$h"
   [[ $h == 'RUNNING; stamps intact'* ]]
 }
+# B's domain names B's own vGPU instance (the hook rewrote the UUID).
+domain_names_local_vgpu() {  # URI
+  local ep
+  ep=$(cli_at hostB --json list | python3 -c '
+import json, sys
+for vm in json.load(sys.stdin):
+    if vm["name"] == sys.argv[1]:
+        print(vm["devices"][0]["endpoint"])' "$DOM")
+  echo "hostB's instance $ep; source's $UUID_SRC"
+  [[ $ep != "$UUID_SRC" ]] && virsh -q -c "$1" dumpxml "$DOM" | grep -q "endpoint=\"$ep\""
+}
+UUID_SRC=5a7c0f3e-1d2b-4e8f-9c6a-0b1d2e3f4a01
 gone_from() { [[ -z $(health_at "$1") ]] && echo "$1 no longer has $DOM"; }
 no_snapshot_on() { ! cli_at "$1" snapshots "$DOM" | grep -q libvirt-stopped; echo "no libvirt-stopped snapshot on $1"; }
 seq_of() { sed -E 's/.*context sequences ([0-9]+).*/\1/' <<<"$1"; }
@@ -144,6 +157,7 @@ mig_main() {
   step "virsh migrate --live A -> B" libvirt_migrate
   step "guest resumed on B (no reboot)" guest_resumed_on "$CON" "$lines" "$before"
   step "domain runs on B" bash -c "virsh -q -c '$(lv_uri "$B")' domstate $DOM | grep -x running"
+  step "B's domain names B's vGPU (hook)" domain_names_local_vgpu "$(lv_uri "$B")"
   step "vGPU still runs on hostB" runs_on hostB H_B
   step "its contexts keep going" still_rising
   step "hostA has no vGPU left" gone_from hostA
