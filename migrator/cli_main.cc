@@ -9,6 +9,7 @@
 //   vgpu-migrate restore VM SNAPSHOT | delete SNAPSHOT | verify [SNAPSHOT]
 //   vgpu-migrate export SNAPSHOT FILE | import FILE [--tag T]
 //   vgpu-migrate register VM --device emulation:SOCKET... | unregister VM
+//   vgpu-migrate annotate VM [--libvirt-uri URI]   (descriptors into libvirt)
 //   vgpu-migrate certs DIR HOST...
 //
 // Exit status: 0 done, 1 failed, 2 usage, 3 refused by the compatibility
@@ -27,6 +28,8 @@
 #include "absl/strings/str_join.h"
 #include "migrator/compat.h"
 #include "migrator/config.h"
+#include "migrator/hook/domain_xml.h"
+#include "migrator/libvirt_inventory.h"
 #include "migrator/internal/rpc_link.h"
 #include "migrator/internal/rpc_util.h"
 #include "migrator/schema/control.capnp.h"
@@ -299,6 +302,16 @@ int main(int argc, char** argv) {
   reg->add_option("--uuid", uuid, "the VM's UUID");
   auto* unreg = app.add_subcommand("unregister", "forget a VM");
   unreg->add_option("vm", vm, "VM name")->required();
+  std::string libvirt_uri = "qemu:///system";
+  auto* annotate = app.add_subcommand(
+      "annotate",
+      "write VM's vGPUs, with their descriptors, into the libvirt domain of "
+      "the same name, so that a destination's hook can check them before "
+      "an incoming migration (docs/LIBVIRT.md)");
+  annotate->add_option("vm", vm, "VM (and domain) name")->required();
+  annotate->add_option("--libvirt-uri", libvirt_uri,
+                       "libvirt connection (read-write)")
+      ->capture_default_str();
   std::string dir;
   std::vector<std::string> hosts, ips;
   auto* certs = app.add_subcommand(
@@ -457,6 +470,42 @@ int main(int argc, char** argv) {
     auto req = S.api->deleteSnapshotRequest();
     req.setId(snap);
     return simple(req.send(), "delete", "deleted " + snap);
+  }
+  if (annotate->parsed()) {
+    auto reply = S.Call(S.api->listVmsRequest().send(), "list");
+    if (!reply.ok()) return Die(reply.status());
+    std::vector<vgpu::hook::MetaDevice> devs;
+    bool found = false;
+    for (auto v : reply->getVms()) {
+      if (vm != v.getName().cStr()) continue;
+      found = true;
+      for (auto d : v.getDevices()) {
+        if (d.getProblem().size() > 0) {
+          return Die(absl::FailedPreconditionError(absl::StrCat(
+              vm, ": device ", d.getEndpoint().cStr(), ": ",
+              d.getProblem().cStr())));
+        }
+        vgpu::hook::MetaDevice m;
+        m.strategy = d.getStrategy();
+        m.endpoint = d.getEndpoint();
+        m.descriptor.emplace();
+        m.descriptor->builder().setRoot(d.getDescriptor());
+        devs.push_back(std::move(m));
+      }
+    }
+    if (!found) {
+      return Die(absl::NotFoundError(absl::StrCat("no VM named ", vm, " here")));
+    }
+    auto lv = vgpu::migrator::LibvirtSource::Open(libvirt_uri,
+                                                 /*read_only=*/false);
+    if (!lv.ok()) return Die(lv.status());
+    absl::Status s =
+        (*lv)->SetVgpuMetadata(vm, vgpu::hook::MetadataElement(devs));
+    if (!s.ok()) return Die(s);
+    std::printf("wrote the metadata of %s (%zu vGPU(s), with descriptors) "
+                "to its domain on %s\n",
+                vm.c_str(), devs.size(), libvirt_uri.c_str());
+    return 0;
   }
   if (unreg->parsed()) {
     auto req = S.api->unregisterVmRequest();

@@ -78,14 +78,16 @@ LibvirtSource::LibvirtSource(std::unique_ptr<Impl> impl)
 LibvirtSource::~LibvirtSource() = default;
 
 absl::StatusOr<std::unique_ptr<LibvirtSource>> LibvirtSource::Open(
-    const std::string& uri) {
+    const std::string& uri, bool read_only) {
   virSetErrorFunc(nullptr, Quiet);
   auto impl = std::make_unique<Impl>();
   impl->uri = uri;
-  impl->conn = virConnectOpenReadOnly(uri.c_str());
+  impl->conn = read_only ? virConnectOpenReadOnly(uri.c_str())
+                         : virConnectOpen(uri.c_str());
   if (impl->conn == nullptr) {
-    return absl::UnavailableError(
-        LastError(absl::StrCat("libvirt ", uri, " (read-only)").c_str()));
+    return absl::UnavailableError(LastError(
+        absl::StrCat("libvirt ", uri, read_only ? " (read-only)" : "")
+            .c_str()));
   }
   return std::unique_ptr<LibvirtSource>(new LibvirtSource(std::move(impl)));
 }
@@ -120,6 +122,29 @@ absl::StatusOr<std::vector<VmEntry>> LibvirtSource::Scan() {
   // One unreadable domain does not hide the others.
   if (!status.ok() && out.empty()) return status;
   return out;
+}
+
+absl::Status LibvirtSource::SetVgpuMetadata(const std::string& domain,
+                                            const std::string& element) {
+  virDomainPtr d = virDomainLookupByName(impl_->conn, domain.c_str());
+  if (d == nullptr) {
+    return absl::NotFoundError(LastError(
+        absl::StrCat("domain ", domain, " on ", impl_->uri).c_str()));
+  }
+  unsigned int flags = VIR_DOMAIN_AFFECT_CURRENT;
+  if (virDomainIsActive(d) == 1 && virDomainIsPersistent(d) == 1) {
+    flags = VIR_DOMAIN_AFFECT_LIVE | VIR_DOMAIN_AFFECT_CONFIG;
+  }
+  const int rc = virDomainSetMetadata(d, VIR_DOMAIN_METADATA_ELEMENT,
+                                      element.c_str(), "vgpu",
+                                      hook::kNamespace, flags);
+  absl::Status s;
+  if (rc != 0) {
+    s = absl::UnavailableError(LastError(
+        absl::StrCat("setting the vgpu metadata of ", domain).c_str()));
+  }
+  virDomainFree(d);
+  return s;
 }
 
 LibvirtWatcher::LibvirtWatcher(std::string uri, absl::Duration interval,

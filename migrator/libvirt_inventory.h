@@ -31,14 +31,20 @@ namespace vgpu::migrator {
 // domain has no vGPUs. INVALID_ARGUMENT for XML that does not read.
 absl::StatusOr<VmEntry> VmFromDomainXml(const std::string& xml);
 
-// A read-only libvirt connection. Used from one thread at a time.
+// A libvirt connection, read-only unless asked otherwise. Used from one
+// thread at a time.
 class LibvirtSource {
  public:
   static absl::StatusOr<std::unique_ptr<LibvirtSource>> Open(
-      const std::string& uri);
+      const std::string& uri, bool read_only = true);
   ~LibvirtSource();
   // Every domain (running or not) that has vGPUs.
   absl::StatusOr<std::vector<VmEntry>> Scan();
+  // Sets a domain's vgpu-migrate metadata element (hook/domain_xml.h's
+  // MetadataElement), live and in its persistent definition. Needs a
+  // read-write connection; NOT_FOUND for an unknown domain.
+  absl::Status SetVgpuMetadata(const std::string& domain,
+                               const std::string& element);
 
  private:
   struct Impl;

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "migrator/hook/domain_xml.h"
 
 namespace vgpu::migrator {
 namespace {
@@ -93,6 +94,30 @@ TEST(LibvirtInventory, ScansTheDomainsWithVgpus) {
   std::vector<std::string> names;
   for (const VmEntry& v : *vms) names.push_back(v.name);
   EXPECT_THAT(names, ::testing::UnorderedElementsAre("with-mdev", "with-meta"));
+}
+
+TEST(LibvirtInventory, WritesTheMetadataWithDescriptors) {
+  auto src = LibvirtSource::Open(Node({DomainXml("vm1", Mdev(kU1), 1)}),
+                                 /*read_only=*/false);
+  ASSERT_TRUE(src.ok()) << src.status();
+  std::vector<hook::MetaDevice> devs(2);
+  devs[0].strategy = "mediated";
+  devs[0].endpoint = kU1;
+  devs[0].descriptor.emplace();
+  devs[0].descriptor->mutable_root().setBoardType("REF-4C & <odd>");
+  devs[1].strategy = "emulation";
+  devs[1].endpoint = "/run/a'b\"c.sock";
+  ASSERT_TRUE((*src)->SetVgpuMetadata("vm1", hook::MetadataElement(devs)).ok());
+  auto vms = (*src)->Scan();
+  ASSERT_TRUE(vms.ok());
+  ASSERT_EQ(vms->size(), 1u);
+  ASSERT_EQ((*vms)[0].devices.size(), 2u);
+  EXPECT_EQ((*vms)[0].devices[1].endpoint, "/run/a'b\"c.sock");
+  EXPECT_EQ((*src)->SetVgpuMetadata("nope", "<vm/>").code(),
+            absl::StatusCode::kNotFound);
+  // A read-only connection cannot write.
+  auto ro = LibvirtSource::Open(Node({DomainXml("vm1", "", 1)}));
+  EXPECT_FALSE((*ro)->SetVgpuMetadata("vm1", "<vm/>").ok());
 }
 
 TEST(LibvirtInventory, AnUnreachableLibvirtIsSaidPlainly) {

@@ -170,6 +170,27 @@ absl::StatusOr<Descriptor> DecodeDescriptor(const std::string& base64) {
   return d;
 }
 
+std::string MetadataElement(const std::vector<MetaDevice>& devices) {
+  Doc doc(xmlNewDoc(X("1.0")));
+  xmlNode* vm = xmlNewNode(nullptr, X("vm"));
+  xmlDocSetRootElement(doc.get(), vm);
+  for (const MetaDevice& d : devices) {
+    xmlNode* dev = xmlNewChild(vm, nullptr, X("device"), nullptr);
+    xmlNewProp(dev, X("strategy"), X(d.strategy.c_str()));
+    xmlNewProp(dev, X("endpoint"), X(d.endpoint.c_str()));
+    if (d.descriptor.has_value()) {
+      xmlNewTextChild(dev, nullptr, X("descriptor"),
+                      X(EncodeDescriptor(*d.descriptor).c_str()));
+    }
+  }
+  xmlBuffer* buf = xmlBufferCreate();
+  xmlNodeDump(buf, doc.get(), vm, 0, 0);
+  std::string out(reinterpret_cast<const char*>(xmlBufferContent(buf)),
+                  xmlBufferLength(buf));
+  xmlBufferFree(buf);
+  return out;
+}
+
 absl::StatusOr<DomainInfo> ReadDomain(const std::string& xml) {
   auto doc = Parse(xml);
   if (!doc.ok()) return doc.status();

@@ -66,6 +66,10 @@ absl::StatusOr<std::string> RewriteDomain(
     const std::string& xml, const std::map<std::string, std::string>& uuid_map,
     const std::vector<Descriptor>* descriptors);
 
+// The project's metadata element for these devices, without namespace
+// prefixes (virDomainSetMetadata puts it in kNamespace), escaped.
+std::string MetadataElement(const std::vector<MetaDevice>& devices);
+
 // Base64 of a descriptor's message, as the metadata carries it, and back
 // (bounded by the codec's message limits).
 std::string EncodeDescriptor(const Descriptor& d);

@@ -4,7 +4,9 @@
 # (reference mediated GPU, mutual TLS between the two) and its own libvirtd
 # with vgpu-migrate's hook installed:
 #
-#   1. virsh start on host A: the hook registers the vGPU with A's vgpud.
+#   1. virsh start on host A: the hook registers the vGPU with A's vgpud;
+#      `vgpu-migrate annotate` writes its descriptor into the domain's
+#      metadata, so that B's hook checks it before accepting the guest.
 #   2. vgpu-migrate --to hostB: the vGPU state moves to B's vgpud (pre-copy
 #      while the guest runs, then stop-copy).
 #   3. virsh migrate --live A -> B: on B the hook's migrate begin rewrites
@@ -151,6 +153,7 @@ mig_main() {
   step "wait for tick 2" wait_console "$CON" 'vgpu-guest: tick 2 ' 30
   step "vGPU runs on hostA" runs_on hostA H_A
 
+  step "vgpu-migrate annotate (descriptors)" cli_at hostA annotate "$DOM" --libvirt-uri "$UA"
   step "vgpu-migrate --to hostB $DOM" cli_at hostA --to hostB "$DOM"
   step "vGPU runs on hostB" runs_on hostB H_B
   local before lines; before=$(last_tick "$CON"); lines=$(wc -l < "$CON")
@@ -158,6 +161,7 @@ mig_main() {
   step "guest resumed on B (no reboot)" guest_resumed_on "$CON" "$lines" "$before"
   step "domain runs on B" bash -c "virsh -q -c '$(lv_uri "$B")' domstate $DOM | grep -x running"
   step "B's domain names B's vGPU (hook)" domain_names_local_vgpu "$(lv_uri "$B")"
+  step "descriptors travelled in the metadata" bash -c "virsh -q -c '$(lv_uri "$B")' dumpxml $DOM | grep -c '<vgpu:descriptor>'"
   step "vGPU still runs on hostB" runs_on hostB H_B
   step "its contexts keep going" still_rising
   step "hostA has no vGPU left" gone_from hostA
