@@ -111,4 +111,19 @@ absl::Status TransitionGroup(const std::vector<Agent*>& agents, State to) {
   return absl::OkStatus();
 }
 
+absl::Status ReceiveImage(Agent& destination,
+                          absl::Span<const uint8_t> image) {
+  if (auto s = destination.TransitionTo(State::kResuming); !s.ok()) return s;
+  codec::MemorySource src(image, "migration image");
+  auto reader = codec::ImageReader::Open(&src);
+  if (!reader.ok()) return reader.status();
+  for (;;) {
+    auto next = (*reader)->NextSection();
+    if (!next.ok()) return next.status();
+    if (!next->has_value()) break;
+    if (auto s = destination.Load(**next, **reader); !s.ok()) return s;
+  }
+  return TransitionGroup({&destination}, State::kRunning);
+}
+
 }  // namespace vgpu::agents

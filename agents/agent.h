@@ -178,6 +178,13 @@ class Agent {
 // agent's index.
 absl::Status TransitionGroup(const std::vector<Agent*>& agents, State to);
 
+// A whole image into one PREPARED destination: RESUMING, every section in
+// order through Load, then RUNNING through the group step. For tools, the
+// contract kit and benchmarks; the coordinator streams and checks on its
+// own.
+absl::Status ReceiveImage(Agent& destination,
+                          absl::Span<const uint8_t> image);
+
 }  // namespace vgpu::agents
 
 #endif  // VGPU_AGENTS_AGENT_H_

@@ -170,7 +170,7 @@ void LibvirtWatcher::Run() {
   std::unique_lock<std::mutex> lock(mu_);
   while (!stop_) {
     lock.unlock();
-    absl::Status s = SyncOnce();
+    SyncOnce().IgnoreError();  // it logs what went wrong
     lock.lock();
     cv_.wait_for(lock, absl::ToChronoMilliseconds(interval_),
                  [this] { return stop_; });

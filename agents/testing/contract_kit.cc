@@ -42,17 +42,7 @@ absl::StatusOr<std::vector<uint8_t>> Migrate(AgentHarness& h, Agent& source,
 }
 
 absl::Status Receive(Agent& destination, const std::vector<uint8_t>& image) {
-  if (auto s = destination.TransitionTo(State::kResuming); !s.ok()) return s;
-  codec::MemorySource src(image, "migration image");
-  auto reader = codec::ImageReader::Open(&src);
-  if (!reader.ok()) return reader.status();
-  for (;;) {
-    auto next = (*reader)->NextSection();
-    if (!next.ok()) return next.status();
-    if (!next->has_value()) break;
-    if (auto s = destination.Load(**next, **reader); !s.ok()) return s;
-  }
-  return TransitionGroup({&destination}, State::kRunning);
+  return ReceiveImage(destination, image);
 }
 
 namespace {

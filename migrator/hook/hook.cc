@@ -9,6 +9,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -107,6 +108,17 @@ struct Context {
   absl::Time deadline;
   HookResult* result;
 
+  // One connection to vgpud per invocation, opened when first needed.
+  std::optional<Vgpud> vgpud;
+  absl::StatusOr<Vgpud*> Daemon() {
+    if (!vgpud.has_value()) {
+      auto v = Vgpud::Connect(options, deadline);
+      if (!v.ok()) return v.status();
+      vgpud = std::move(*v);
+    }
+    return &*vgpud;
+  }
+
   const std::string& name() const { return args[0]; }
   std::string Marker() const {
     return absl::StrCat(options.state_dir, "/", name(), ".restoring");
@@ -137,8 +149,9 @@ absl::Status CheckHere(Context& c) {
                     "; vgpud checks them when their state moves\n");
   }
   if (descs.empty()) return absl::OkStatus();
-  auto v = Vgpud::Connect(c.options, c.deadline);
-  if (!v.ok()) return v.status();
+  auto conn = c.Daemon();
+  if (!conn.ok()) return conn.status();
+  Vgpud* v = *conn;
   auto req = v->api().checkHereRequest();
   auto list = req.initDevices(static_cast<unsigned>(descs.size()));
   for (size_t i = 0; i < descs.size(); ++i) {
@@ -153,8 +166,9 @@ absl::Status CheckHere(Context& c) {
 // domain's mdev UUIDs and metadata endpoints still name the source's
 // instances: rewrite them to the ones vgpud created here, by device order.
 absl::Status RewriteForThisHost(Context& c) {
-  auto v = Vgpud::Connect(c.options, c.deadline);
-  if (!v.ok()) return v.status();
+  auto conn = c.Daemon();
+  if (!conn.ok()) return conn.status();
+  Vgpud* v = *conn;
   auto reply = v->Call(v->api().listVmsRequest().send(), "list");
   if (!reply.ok()) return reply.status();
   std::map<std::string, std::string> map;
@@ -202,8 +216,9 @@ absl::Status OnRestoreBegin(Context& c) {
 absl::Status OnPrepareBegin(Context& c) {
   const bool restoring = access(c.Marker().c_str(), F_OK) == 0;
   unlink(c.Marker().c_str());
-  auto v = Vgpud::Connect(c.options, c.deadline);
-  if (!v.ok()) return v.status();
+  auto conn = c.Daemon();
+  if (!conn.ok()) return conn.status();
+  Vgpud* v = *conn;
   auto has = v->Has(c.name());
   if (!has.ok()) return has.status();
   if (restoring) {
@@ -260,8 +275,9 @@ absl::Status OnPrepareBegin(Context& c) {
 // The domain stopped (shut down, saved, or migrated away): keep its vGPU
 // state, so that `virsh restore` can bring it back.
 absl::Status OnStoppedEnd(Context& c) {
-  auto v = Vgpud::Connect(c.options, c.deadline);
-  if (!v.ok()) return v.status();
+  auto conn = c.Daemon();
+  if (!conn.ok()) return conn.status();
+  Vgpud* v = *conn;
   auto has = v->Has(c.name());
   if (!has.ok()) return has.status();
   if (!*has) return absl::OkStatus();  // it left with a migration
@@ -280,8 +296,9 @@ absl::Status OnStoppedEnd(Context& c) {
 // libvirt is done with the domain here: vgpud forgets the VM (and ends the
 // devices it started for it).
 absl::Status OnReleaseEnd(Context& c) {
-  auto v = Vgpud::Connect(c.options, c.deadline);
-  if (!v.ok()) return v.status();
+  auto conn = c.Daemon();
+  if (!conn.ok()) return conn.status();
+  Vgpud* v = *conn;
   auto has = v->Has(c.name());
   if (!has.ok()) return has.status();
   if (!*has) return absl::OkStatus();
@@ -345,8 +362,9 @@ HookResult RunHook(const std::vector<std::string>& args, const std::string& xml,
     return result;
   }
   if (!domain->vgpus.has_value()) return result;  // not ours
-  Context c{args, xml, *domain, options, absl::Now() + options.timeout,
-            &result};
+  Context c{args, xml, *domain,
+            options, absl::Now() + options.timeout,
+            &result, std::nullopt};
   absl::Status s = op->run(c);
   if (!s.ok()) {
     result.exit_code = op->vetoes ? 1 : 0;

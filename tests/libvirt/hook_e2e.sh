@@ -24,6 +24,8 @@ set -euo pipefail
 ME=hook_e2e.sh
 # shellcheck source=run_domain.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/run_domain.sh"
+# shellcheck source=vgpu_checks.sh
+source "$HERE/vgpu_checks.sh"
 
 BIN=${BIN:-$(bazel info bazel-bin 2>/dev/null)}
 VGPUD=$BIN/migrator/vgpud
@@ -53,32 +55,14 @@ stop_vgpud() {
   echo "vgpud stopped"
 }
 cli() { "$CLI" --socket "$WORK/vgpud.sock" "$@"; }
-# The vGPU's health line (first device of VM $1), empty if vgpud lacks it.
-health() { cli --json list | python3 -c '
-import json, sys
-for vm in json.load(sys.stdin):
-    if vm["name"] == sys.argv[1]:
-        print(vm["devices"][0]["health"])' "$1"; }
-seq0() { sed -E 's/.*context sequences ([0-9]+).*/\1/' <<<"$1"; }
-
 # Checks, run by `step` in this shell.
 H1="" H2=""
-vm_runs_with_intact_stamps() {  # DOMAIN VAR
-  local h=""
-  for _ in $(seq 1 50); do
-    h=$(health "$1")
-    [[ $h == 'RUNNING; stamps intact'* ]] && break
-    sleep 0.1
-  done
-  echo "$h"
-  printf -v "$2" '%s' "$h"
-  [[ $h == 'RUNNING; stamps intact'* ]]
-}
+vm_runs_with_intact_stamps() { vgpu_wait_intact "$WORK/vgpud.sock" "$1" "$2"; }
 saved_as_libvirt_stopped() { cli snapshots "$1" | grep libvirt-stopped; }
 vgpud_forgot() { ! cli list | grep -q "^$1 "; echo "vgpud no longer lists $1"; }
 sequences_carry_on() {
   echo "saved ${H1##*sequences } -> restored ${H2##*sequences }"
-  (( $(seq0 "$H2") >= $(seq0 "$H1") ))
+  (( $(seq_of "$H2") >= $(seq_of "$H1") ))
 }
 restart_vgpud_as() { stop_vgpud; start_vgpud "$1"; }
 restore_refused() {  # URI FILE
@@ -90,21 +74,6 @@ restore_refused() {  # URI FILE
   grep -q 'vendor-type' <<<"$out"
 }
 domain_off() { virsh -q -c "$1" domstate "$2" | grep -x 'shut off'; }
-# The guest resumed, not rebooted: a tick newer than BEFORE printed after
-# line LINES of the console, and still a single "up" line.
-guest_resumed() {  # CONSOLE LINES BEFORE
-  local t
-  for _ in $(seq 1 300); do
-    t=$(tail -n +"$(( $2 + 1 ))" "$1" | grep -oE 'vgpu-guest: tick [0-9]+' | tail -n 1 | awk '{print $3}')
-    if [[ -n $t ]] && (( t > $3 )); then
-      echo "tick $3 before the save, tick $t after the restore; up lines: $(grep -c 'vgpu-guest: up' "$1")"
-      [[ $(grep -c 'vgpu-guest: up' "$1") == 1 ]]
-      return
-    fi
-    sleep 0.1
-  done
-  echo "no new tick after the restore"; return 1
-}
 
 e2e_cleanup() {
   local rc=$?

@@ -28,6 +28,8 @@ ME=migrate_e2e.sh
 HERE_E2E=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=two_hosts.sh
 source "$HERE_E2E/two_hosts.sh"
+# shellcheck source=vgpu_checks.sh
+source "$HERE_E2E/vgpu_checks.sh"
 ME=migrate_e2e.sh  # two_hosts.sh set its own
 
 BIN=${BIN:-$(bazel info bazel-bin 2>/dev/null)}
@@ -56,56 +58,26 @@ JSON
   echo "vgpud $name did not come up"; tail -5 "$WORK/$name/vgpud.log"; return 1
 }
 cli_at() { local h=$1; shift; "$CLI" --socket "$WORK/$h/control.sock" "$@"; }
-health_at() {  # HOST
-  cli_at "$1" --json list | python3 -c '
-import json, sys
-for vm in json.load(sys.stdin):
-    if vm["name"] == sys.argv[1]:
-        print(vm["devices"][0]["health"])' "$DOM"
-}
+health_at() { vgpu_device "$WORK/$1/control.sock" "$DOM" health; }  # HOST
 H_A="" H_B=""
 runs_on() {  # HOST VAR
-  local h=""
-  for _ in $(seq 1 50); do
-    h=$(health_at "$1")
-    [[ $h == 'RUNNING; stamps intact'* ]] && break
-    sleep 0.1
-  done
-  echo "$1: $h"
-  printf -v "$2" '%s' "$h"
-  [[ $h == 'RUNNING; stamps intact'* ]]
+  echo -n "$1: "
+  vgpu_wait_intact "$WORK/$1/control.sock" "$DOM" "$2"
 }
 # B's domain names B's own vGPU instance (the hook rewrote the UUID).
 domain_names_local_vgpu() {  # URI
   local ep
-  ep=$(cli_at hostB --json list | python3 -c '
-import json, sys
-for vm in json.load(sys.stdin):
-    if vm["name"] == sys.argv[1]:
-        print(vm["devices"][0]["endpoint"])' "$DOM")
+  ep=$(vgpu_device "$WORK/hostB/control.sock" "$DOM" endpoint)
   echo "hostB's instance $ep; source's $UUID_SRC"
   [[ $ep != "$UUID_SRC" ]] && virsh -q -c "$1" dumpxml "$DOM" | grep -q "endpoint=\"$ep\""
 }
 UUID_SRC=5a7c0f3e-1d2b-4e8f-9c6a-0b1d2e3f4a01
 gone_from() { [[ -z $(health_at "$1") ]] && echo "$1 no longer has $DOM"; }
 no_snapshot_on() { ! cli_at "$1" snapshots "$DOM" | grep -q libvirt-stopped; echo "no libvirt-stopped snapshot on $1"; }
-seq_of() { sed -E 's/.*context sequences ([0-9]+).*/\1/' <<<"$1"; }
 still_rising() {
   local h; sleep 1; h=$(health_at hostB)
   echo "hostB after the move: ${H_B##*sequences } -> ${h##*sequences }"
   (( $(seq_of "$h") > $(seq_of "$H_B") ))
-}
-guest_resumed_on() {  # CONSOLE LINES BEFORE
-  local t
-  for _ in $(seq 1 300); do
-    t=$(tail -n +"$(( $2 + 1 ))" "$1" | grep -oE 'vgpu-guest: tick [0-9]+' | tail -n 1 | awk '{print $3}')
-    if [[ -n $t ]] && (( t > $3 )); then
-      echo "tick $3 before, tick $t after; up lines: $(grep -c 'vgpu-guest: up' "$1")"
-      [[ $(grep -c 'vgpu-guest: up' "$1") == 1 ]]; return
-    fi
-    sleep 0.1
-  done
-  echo "no new tick"; return 1
 }
 libvirt_migrate() { migrate $NSA "$WORK/hA" $IPB --live --persistent --undefinesource; cat "$MIG_OUT"; }
 
@@ -158,7 +130,7 @@ mig_main() {
   step "vGPU runs on hostB" runs_on hostB H_B
   local before lines; before=$(last_tick "$CON"); lines=$(wc -l < "$CON")
   step "virsh migrate --live A -> B" libvirt_migrate
-  step "guest resumed on B (no reboot)" guest_resumed_on "$CON" "$lines" "$before"
+  step "guest resumed on B (no reboot)" guest_resumed "$CON" "$lines" "$before"
   step "domain runs on B" bash -c "virsh -q -c '$(lv_uri "$B")' domstate $DOM | grep -x running"
   step "B's domain names B's vGPU (hook)" domain_names_local_vgpu "$(lv_uri "$B")"
   step "descriptors travelled in the metadata" bash -c "virsh -q -c '$(lv_uri "$B")' dumpxml $DOM | grep -c '<vgpu:descriptor>'"

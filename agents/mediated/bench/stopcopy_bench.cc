@@ -169,21 +169,6 @@ absl::Status SubmitRetry(RefVgpu& d, uint32_t context, const RefCommand& c) {
   }
 }
 
-// The contract kit's Receive: RESUMING, every section in order, RUNNING.
-absl::Status Receive(Agent& destination, const std::vector<uint8_t>& image) {
-  if (auto s = destination.TransitionTo(State::kResuming); !s.ok()) return s;
-  codec::MemorySource src(image, "migration image");
-  auto reader = codec::ImageReader::Open(&src);
-  if (!reader.ok()) return reader.status();
-  for (;;) {
-    auto next = (*reader)->NextSection();
-    if (!next.ok()) return next.status();
-    if (!next->has_value()) break;
-    if (auto s = destination.Load(**next, **reader); !s.ok()) return s;
-  }
-  return TransitionGroup({&destination}, State::kRunning);
-}
-
 absl::StatusOr<Run> RunOnce(const Settings& set, Mode mode, int rep,
                             bool verify) {
   Run run;
@@ -321,7 +306,7 @@ absl::StatusOr<Run> RunOnce(const Settings& set, Mode mode, int rep,
         NewMediatedDestination(ddev->get(), RefInfo(dcfg), a.descriptor());
     if (!dst.ok()) return Fail(dst.status(), "NewMediatedDestination");
     const double l0 = Now();
-    if (auto s = Receive(**dst, image); !s.ok()) return Fail(s, "loading");
+    if (auto s = ReceiveImage(**dst, image); !s.ok()) return Fail(s, "loading");
     run.load_ms = (Now() - l0) * 1e3;
     (*ddev)->WaitIdle();
     run.dst_executed = (*ddev)->executed();
