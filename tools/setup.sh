@@ -12,6 +12,8 @@ PACKAGES=(
   # common libraries
   libabsl-dev libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev libssl-dev
   libxml2-dev libvirt-dev
+  # OpenCL: headers, the ICD loader, PoCL (a real OpenCL runtime on the CPU), clinfo
+  opencl-headers ocl-icd-opencl-dev ocl-icd-libopencl1 pocl-opencl-icd clinfo
   # tests, fuzzing, benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev clang-format
   # hosts as network namespaces, link cuts (end-to-end tests, demo)
