@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -151,6 +152,13 @@ class Agent {
   virtual absl::Status PrepareGroupTransition(State to) {
     return absl::OkStatus();
   }
+
+  // Source: what the destination's device said its clients need to find
+  // it (TargetDevice::hint() on the destination, carried back by the peer
+  // protocol's prepare), before any transition. An API-forwarding session
+  // uses it at release to send its guest library to the new backend;
+  // devices the hypervisor rewires ignore it.
+  virtual void SetDestinationHint(const std::string& hint) {}
 
  protected:
   explicit Agent(Role role)

@@ -29,6 +29,9 @@ class TargetDevice {
   virtual agents::Agent& agent() = 0;
   virtual const std::string& endpoint() const = 0;
   virtual void Keep() = 0;
+  // What the source's agent needs to know about this device
+  // (Agent::SetDestinationHint); empty for most strategies.
+  virtual std::string hint() const { return ""; }
 };
 
 class StrategyBackend {

@@ -297,7 +297,7 @@ int main(int argc, char** argv) {
   std::string uuid;
   auto* reg = app.add_subcommand("register", "announce a VM and its vGPUs to vgpud");
   reg->add_option("vm", vm, "VM name")->required();
-  reg->add_option("--device", devices, "STRATEGY:ENDPOINT: emulation:SOCKET, mediated:MDEV-UUID or directPassthrough:PCI-ADDRESS")
+  reg->add_option("--device", devices, "STRATEGY:ENDPOINT: emulation:SOCKET, mediated:MDEV-UUID, directPassthrough:PCI-ADDRESS or apiForwarding:SESSION-CONTROL (vgpu-cl-backend sessions lists them)")
       ->required();
   reg->add_option("--uuid", uuid, "the VM's UUID");
   auto* unreg = app.add_subcommand("unregister", "forget a VM");

@@ -137,7 +137,8 @@ void ParseVms(FieldReader& top, absl::Status* status,
       // Strategies without an agent in this build are refused here rather
       // than failing when the VM first migrates.
       if (status->ok() && dev.strategy != "emulation" &&
-          dev.strategy != "mediated" && dev.strategy != "directPassthrough") {
+          dev.strategy != "mediated" && dev.strategy != "directPassthrough" &&
+          dev.strategy != "apiForwarding") {
         df.Fail(df.Path("strategy"),
                 absl::StrCat("strategy ", dev.strategy,
                              " not supported by this build"));
@@ -247,6 +248,14 @@ absl::Status ParseTop(const json& j, Config* c) {
       rf.Finish();
     }
     f.Finish();
+  }
+  if (const json* f = top.Take("forwarding")) {
+    FieldReader r(*f, "forwarding", &status);
+    r.String("control", &c->forwarding_control);
+    r.String("vendor", &c->forwarding_vendor);
+    r.String("architecture", &c->forwarding_architecture);
+    ReadSize(r, "memory", &c->forwarding_memory_bytes);
+    r.Finish();
   }
   if (const json* l = top.Take("libvirt")) {
     FieldReader f(*l, "libvirt", &status);

@@ -76,6 +76,12 @@ struct Config {
   // Direct pass-through: where sysfs and /dev are (tests point elsewhere).
   std::string sys_root = "/sys";
   std::string dev_root = "/dev";
+  // API forwarding: the local vgpu-cl-backend's control socket (empty: no
+  // API forwarding here) and what its sessions run on, for peers' checks.
+  std::string forwarding_control;
+  std::string forwarding_vendor = "pocl";
+  std::string forwarding_architecture = "cpu";
+  uint64_t forwarding_memory_bytes = 0;
   // libvirt: a read-only connection whose domains with vGPUs vgpud
   // registers, polled every libvirt_poll_ms (empty uri: off).
   std::string libvirt_uri;

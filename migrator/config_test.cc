@@ -184,9 +184,12 @@ TEST(ConfigTest, ErrorsNameTheKey) {
       {R"({"vms": [{"name": "a", "gpus": []}]})", "vms[0].gpus: unknown key"},
       {R"({"vms": [{"name": "a", "devices": [
            {"strategy": "emulation", "endpoint": "/s"},
-           {"strategy": "apiForwarding", "endpoint": "/s"}]}]})",
-       "vms[0].devices[1].strategy: strategy apiForwarding not supported by "
+           {"strategy": "cudaForwarding", "endpoint": "/s"}]}]})",
+       "vms[0].devices[1].strategy: strategy cudaForwarding not supported by "
        "this build"},
+      {R"({"forwarding": {"control": "unix:/c", "memroy": "4G"}})",
+       "forwarding.memroy: unknown key"},
+
       {R"({"vms": [{"name": "a", "devices": [{"endpoint": "/s"}]}]})",
        "vms[0].devices[0].strategy: missing"},
       {R"({"vms": [{"name": "a", "devices": [{"strategy": "emulation"}]}]})",
@@ -214,6 +217,8 @@ TEST(ConfigTest, ErrorsNameTheKey) {
       "instances": 2, "vram": "32M", "contexts": 8, "workload": "4M"}},
       "passthrough": {"sys_root": "/tmp/sys"},
       "libvirt": {"uri": "qemu:///system", "poll_ms": 500},
+      "forwarding": {"control": "unix:/run/vgpu/cl-control.sock",
+                     "memory": "2G", "architecture": "pthread"},
       "vms": [{"name": "a", "devices": [
         {"strategy": "mediated",
          "endpoint": "6f1c2a8e-3b7d-4c55-9a10-2d4e8b7f0a01"},
@@ -230,6 +235,10 @@ TEST(ConfigTest, ErrorsNameTheKey) {
   EXPECT_EQ(ok->libvirt_uri, "qemu:///system");
   EXPECT_EQ(ok->libvirt_poll_ms, 500u);
   EXPECT_EQ(ok->vms[0].devices[1].strategy, "directPassthrough");
+  EXPECT_EQ(ok->forwarding_control, "unix:/run/vgpu/cl-control.sock");
+  EXPECT_EQ(ok->forwarding_memory_bytes, 2ull << 30);
+  EXPECT_EQ(ok->forwarding_architecture, "pthread");
+  EXPECT_EQ(ok->forwarding_vendor, "pocl");
   EXPECT_FALSE(ParseConfig("{}", kOrigin)->reference_gpu) << "off by default";
   for (const Case& c : cases) {
     absl::StatusOr<Config> config = ParseConfig(c.text, kOrigin);

@@ -429,6 +429,10 @@ void RunMigration(const Env& env, Job& job, const MigrateRequest& request) {
       return abort(s);
     }
     incoming = std::make_unique<schema::Incoming::Client>(reply->getIncoming());
+    auto hints = reply->getHints();
+    for (size_t i = 0; i < set.agents.size() && i < hints.size(); ++i) {
+      set.agents[i]->SetDestinationHint(hints[i]);
+    }
   }
   log("prepare: destination ready");
 
@@ -1325,6 +1329,10 @@ class PeerServer final : public schema::Peer::Server {
     }
     log(absl::StrFormat("prepare: %u target device(s) created for %s's job %s",
                         targets.size(), peer_, source_job));
+    auto hints = results.initHints(static_cast<unsigned>(targets.size()));
+    for (size_t i = 0; i < targets.size(); ++i) {
+      hints.set(static_cast<unsigned>(i), targets[i]->hint());
+    }
     auto state = std::make_shared<IncomingState>(env_, job, vm, peer_,
                                                  std::move(targets));
     state->Start();

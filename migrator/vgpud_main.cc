@@ -22,6 +22,7 @@
 #include "migrator/config.h"
 #include "migrator/daemon.h"
 #include "migrator/emulated_backend.h"
+#include "migrator/forwarding_backend.h"
 #include "migrator/mediated_backend.h"
 #include "migrator/internal/spawner.h"
 #include "spdlog/sinks/stdout_sinks.h"
@@ -139,6 +140,14 @@ int main(int argc, char** argv) {
   po.dev_root = c.dev_root;
   auto passthrough = NewPassthroughBackend(po);
   backends[passthrough->name()] = std::move(passthrough);
+
+  ForwardingOptions fo;
+  fo.control = c.forwarding_control;
+  fo.vendor = c.forwarding_vendor;
+  fo.architecture = c.forwarding_architecture;
+  fo.memory_bytes = c.forwarding_memory_bytes;
+  auto forwarding = NewForwardingBackend(fo);
+  backends[forwarding->name()] = std::move(forwarding);
 
   auto daemon = Daemon::Start(c, std::move(backends), log);
   if (!daemon.ok()) {

@@ -31,9 +31,13 @@ interface Peer {
 
   # Prepare: check, then create the target devices. When refused, `error`
   # is FAILED_PRECONDITION and `incoming` is null.
+  # `hints`: per device, what its source agent needs to know about the
+  # new device (TargetDevice::hint: an API-forwarding session's new backend
+  # address, where its guest library reconnects after release).
   prepare @2 (job :Text, vm :I.VmIdentity,
               devices :List(D.DeviceDescriptor))
-      -> (incoming :Incoming, report :C.CompatReport, error :C.Error);
+      -> (incoming :Incoming, report :C.CompatReport, error :C.Error,
+          hints :List(Text));
 
   # After a confirm whose answer was lost: did this host activate the
   # job's vGPUs? An incoming job still waiting for confirm is torn down

@@ -1,0 +1,34 @@
+// The API-forwarding backend of vgpud: sessions of the local vgpu-cl-backend
+// (agents/forwarding/backend), reached through its control sockets.
+//
+// A registered device's endpoint is a session worker's control address
+// ("unix:/run/vgpu/cl/s3.ctl"; `vgpu-cl-backend`'s supervisor lists them).
+// An incoming session gets a fresh, empty worker from the supervisor; its
+// hint (TargetDevice::hint) tells the source where the guest library must
+// reconnect: this backend's guest address, the new session id and token.
+#ifndef VGPU_MIGRATOR_FORWARDING_BACKEND_H_
+#define VGPU_MIGRATOR_FORWARDING_BACKEND_H_
+
+#include <memory>
+#include <string>
+
+#include "migrator/backend.h"
+
+namespace vgpu::migrator {
+
+struct ForwardingOptions {
+  // The supervisor's control address; empty: no API forwarding here.
+  std::string control;
+  // What this host offers, for the compatibility check.
+  std::string vendor = "pocl";
+  std::string architecture = "cpu";
+  uint64_t memory_bytes = 0;  // 0: the backend sets no limit
+  std::vector<std::string> features = {"cl1.2", "resume"};
+};
+
+std::unique_ptr<StrategyBackend> NewForwardingBackend(
+    const ForwardingOptions& options);
+
+}  // namespace vgpu::migrator
+
+#endif  // VGPU_MIGRATOR_FORWARDING_BACKEND_H_
