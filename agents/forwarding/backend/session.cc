@@ -179,11 +179,20 @@ void Session::SpawnLocked(std::function<void()> fn) {
 }
 
 absl::Status Session::Attach(std::unique_ptr<Stream> guest,
-                             proto::Hello::Reader hello) {
+                             proto::Request::Reader hello_request) {
   auto conn = std::make_shared<Connection>();
   conn->stream = std::move(guest);
   capnp::MallocMessageBuilder reply_msg;
   Reply::Builder reply = reply_msg.initRoot<Reply>();
+  reply.setSeq(hello_request.getSeq());
+  if (!hello_request.isHello()) {
+    reply.setCode(CL_INVALID_OPERATION);
+    reply.setMessage("the first message must be a hello");
+    (void)conn->Send(reply_msg);
+    conn->Close();
+    return absl::InvalidArgumentError("the first message was not a hello");
+  }
+  proto::Hello::Reader hello = hello_request.getHello();
   std::string refusal;
   std::shared_ptr<Connection> old;
   {

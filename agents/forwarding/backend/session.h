@@ -67,8 +67,9 @@ class Session {
   // handed off. A resume must carry this session's id and token; a first
   // hello is accepted once. Refusals are answered (code + message) and the
   // connection is closed.
+  // `hello_request` is the whole request, so the reply can echo its seq.
   absl::Status Attach(std::unique_ptr<Stream> guest,
-                      proto::Hello::Reader hello);
+                      proto::Request::Reader hello_request);
   // Blocks until no guest connection is attached and none is expected (the
   // guest closed, or the session was handed off). Used by the worker to
   // know when to exit.

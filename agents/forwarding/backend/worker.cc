@@ -1,6 +1,7 @@
 #include "agents/forwarding/backend/worker.h"
 
 #include <CL/cl.h>
+#include <CL/cl_ext.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -125,8 +126,10 @@ void FillInfo(Session& session, const WorkerOptions& o,
   out.setMemoryLimit(o.memory_limit);
 }
 
-// Serves one control connection until it closes. Returns true on `quit`.
-bool ServeControl(Stream& stream, Session& session, const WorkerOptions& o) {
+}  // namespace
+
+bool ServeSessionControl(Stream& stream, Session& session,
+                         const WorkerOptions& o) {
   while (true) {
     uint64_t payload = 0;
     auto req = RecvFrame<ControlRequest>(stream, &payload);
@@ -234,8 +237,6 @@ bool ServeControl(Stream& stream, Session& session, const WorkerOptions& o) {
   }
 }
 
-}  // namespace
-
 int RunWorker(const WorkerOptions& o) {
   const std::string who = absl::StrCat("session ", o.session);
   executor::ExecutorOptions eo;
@@ -267,7 +268,7 @@ int RunWorker(const WorkerOptions& o) {
     while (!quit.load()) {
       auto c = (*listener)->Accept();
       if (!c.ok()) return;
-      if (ServeControl(**c, session, o)) {
+      if (ServeSessionControl(**c, session, o)) {
         quit.store(true);
         // Unblock the main thread's wait.
         shutdown(o.attach_fd, SHUT_RDWR);
@@ -293,8 +294,7 @@ int RunWorker(const WorkerOptions& o) {
         stream->Shutdown();
         continue;
       }
-      absl::Status s =
-          session.Attach(std::move(stream), hello->root().getHello());
+      absl::Status s = session.Attach(std::move(stream), hello->root());
       if (!s.ok()) Log(who.c_str(), std::string(s.message()));
     }
   });

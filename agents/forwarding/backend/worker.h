@@ -21,6 +21,10 @@
 
 #include "absl/status/status.h"
 
+namespace vgpu::forwarding {
+class Stream;
+}
+
 namespace vgpu::forwarding::backend {
 
 struct WorkerOptions {
@@ -32,6 +36,14 @@ struct WorkerOptions {
   uint64_t memory_limit = 0;
   bool target = false;          // created empty, for a restore
 };
+
+class Session;
+
+// Serves one control connection (control.capnp) for `session` until it
+// closes. Returns true when the client asked the worker to quit. Exposed
+// for tests that run a session in-process.
+bool ServeSessionControl(vgpu::forwarding::Stream& stream, Session& session,
+                         const WorkerOptions& options);
 
 // Runs a worker until its session ends; returns the process exit code.
 int RunWorker(const WorkerOptions& options);
