@@ -37,6 +37,8 @@ targets=(
   migrator/fuzz:peer_input_fuzzer:peer_input
   agents/mediated/fuzz:mdev_stream_fuzzer:mdev_stream
   agents/mediated/fuzz:mdev_load_fuzzer:mdev_load
+  agents/forwarding/fuzz:cl_request_fuzzer:cl_request
+  agents/forwarding/fuzz:cl_log_fuzzer:cl_log
 )
 
 mkdir -p "$out/logs" "$out/artifacts"

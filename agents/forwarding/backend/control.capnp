@@ -33,7 +33,7 @@ struct SessionInfo {
   platform @10 :Text;
   device @11 :Text;
   pid @12 :Int32;
-  token @13 :Data;             # only in createTarget's reply
+  token @13 :Data;             # the guest's resume secret (control is root-only)
   memoryLimit @14 :UInt64;
 }
 
@@ -61,11 +61,19 @@ struct ControlRequest {
       id @9 :UInt64;
       offset @10 :UInt64;
     }
-    activate @11 :GuestInfo;
+    # A restored session takes over the identity the guest knows it by
+    # (session id and token), so the guest's resume finds it.
+    activate :group {
+      guest @11 :GuestInfo;
+      session @18 :UInt64;
+      token @19 :Data;
+    }
+    # The guest is told to reconnect to `address`; it resumes there with the
+    # same session id and token (a migrated session keeps its identity).
     handOff :group {
       address @12 :Text;
-      session @13 :UInt64;
-      token @14 :Data;
+      unused13 @13 :UInt64;
+      unused14 @14 :Data;
     }
     quit @15 :Void;                      # end the worker (an unused target)
     listSessions @16 :Void;              # supervisor; reply: sessions

@@ -132,21 +132,21 @@ absl::Status ControlClient::WriteMem(uint64_t id, uint64_t offset,
   return Call(m, data).status();
 }
 
-absl::Status ControlClient::Activate(control::GuestInfo::Reader guest) {
+absl::Status ControlClient::Activate(control::GuestInfo::Reader guest,
+                                     uint64_t session,
+                                     const std::string& token) {
   capnp::MallocMessageBuilder m;
-  m.initRoot<ControlRequest>().setActivate(guest);
+  auto a = m.initRoot<ControlRequest>().initActivate();
+  a.setGuest(guest);
+  a.setSession(session);
+  a.setToken(kj::arrayPtr(reinterpret_cast<const capnp::byte*>(token.data()),
+                          token.size()));
   return Call(m).status();
 }
 
-absl::Status ControlClient::HandOff(const std::string& address,
-                                    uint64_t session,
-                                    const std::string& token) {
+absl::Status ControlClient::HandOff(const std::string& address) {
   capnp::MallocMessageBuilder m;
-  auto g = m.initRoot<ControlRequest>().initHandOff();
-  g.setAddress(address);
-  g.setSession(session);
-  g.setToken(kj::arrayPtr(reinterpret_cast<const capnp::byte*>(token.data()),
-                          token.size()));
+  m.initRoot<ControlRequest>().initHandOff().setAddress(address);
   return Call(m).status();
 }
 

@@ -42,9 +42,9 @@ class ControlClient {
   absl::Status Replay(absl::Span<const uint8_t> log);
   absl::Status WriteMem(uint64_t id, uint64_t offset,
                         absl::Span<const uint8_t> data);
-  absl::Status Activate(control::GuestInfo::Reader guest);
-  absl::Status HandOff(const std::string& address, uint64_t session,
-                       const std::string& token);
+  absl::Status Activate(control::GuestInfo::Reader guest, uint64_t session,
+                        const std::string& token);
+  absl::Status HandOff(const std::string& address);
   absl::Status Quit();
   absl::StatusOr<std::vector<SessionInfo>> ListSessions();
   absl::StatusOr<SessionInfo> CreateTarget();

@@ -1,13 +1,12 @@
 #include "agents/forwarding/backend/forwarding_agent.h"
 
+#include <cstring>
 #include <map>
 #include <set>
 #include <vector>
 
-#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "agents/forwarding/protocol.capnp.h"
 
 namespace vgpu::forwarding::backend {
@@ -19,6 +18,12 @@ using agents::State;
 
 constexpr uint32_t kPageBytes = 4096;
 constexpr char kLogSection[] = "cllog";
+// The session's identity (id and token), which the restored session takes
+// over so the guest's resume finds it: u64 id (little-endian), 32 bytes.
+constexpr char kIdentitySection[] = "clsession";
+constexpr char kIdentityVendor[] = "vgpu-migrate";
+constexpr char kIdentityBlob[] = "cl-session";
+constexpr size_t kIdentityBytes = 40;
 // Objects move through the control socket in pieces of this size.
 constexpr uint64_t kPiece = 16ull << 20;
 // The largest object and the largest log a destination stages.
@@ -42,6 +47,10 @@ class ForwardingAgent : public agents::Agent {
   void SetDestinationHint(const std::string& hint) override { hint_ = hint; }
 
   void set_vm(std::string vm) { vm_ = std::move(vm); }
+  void set_identity(uint64_t session, std::string token) {
+    session_ = session;
+    token_ = std::move(token);
+  }
 
   absl::StatusOr<PendingBytes> Pending() override {
     auto mems = control_->Mems(/*clear_dirty=*/false);
@@ -76,6 +85,7 @@ class ForwardingAgent : public agents::Agent {
     if (to == State::kPrepared) {
       staged_.clear();
       log_.clear();
+      session_ = 0;
       return absl::OkStatus();
     }
     if (to == State::kRunning) return Activate();
@@ -111,6 +121,20 @@ class ForwardingAgent : public agents::Agent {
     l.setEntryCount(0);
     auto added = writer.AddSection(h, *log);
     if (!added.ok()) return added.status();
+    uint8_t identity[kIdentityBytes];
+    for (int i = 0; i < 8; ++i) identity[i] = static_cast<uint8_t>(session_ >> (8 * i));
+    std::memcpy(identity + 8, token_.data(), std::min<size_t>(32, token_.size()));
+    codec::SectionHeader ih;
+    auto ir = ih.mutable_root();
+    ir.setDevice(device);
+    ir.setName(kIdentitySection);
+    ir.setRound(round);
+    ir.setDeclaredBytes(kIdentityBytes);
+    auto blob = ir.initVendorBlob();
+    blob.setVendor(kIdentityVendor);
+    blob.setBlobType(kIdentityBlob);
+    added = writer.AddSection(ih, absl::MakeConstSpan(identity, kIdentityBytes));
+    if (!added.ok()) return added.status();
     log_sent_ = true;
     return absl::OkStatus();
   }
@@ -135,6 +159,31 @@ class ForwardingAgent : public agents::Agent {
       auto data = reader.ReadSection(kMaxLogBytes);
       if (!data.ok()) return data.status();
       log_ = std::move(*data);
+      return absl::OkStatus();
+    }
+    if (h.isVendorBlob() && name == kIdentitySection) {
+      auto b = h.getVendorBlob();
+      if (std::string(b.getVendor()) != kIdentityVendor ||
+          std::string(b.getBlobType()) != kIdentityBlob) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "section '", name, "' is a ", b.getVendor().cStr(), "/",
+            b.getBlobType().cStr(), " blob, not a session identity"));
+      }
+      auto data = reader.ReadSection(kIdentityBytes);
+      if (!data.ok()) return data.status();
+      if (data->size() != kIdentityBytes) {
+        return absl::DataLossError(absl::StrCat(
+            "section '", name, "': ", data->size(), " bytes where ",
+            kIdentityBytes, " belong"));
+      }
+      uint64_t id = 0;
+      for (int i = 7; i >= 0; --i) id = (id << 8) | (*data)[i];
+      if (id == 0) {
+        return absl::DataLossError(
+            absl::StrCat("section '", name, "': session id 0"));
+      }
+      session_ = id;
+      token_.assign(reinterpret_cast<const char*>(data->data()) + 8, 32);
       return absl::OkStatus();
     }
     uint64_t id = 0;
@@ -206,25 +255,16 @@ class ForwardingAgent : public agents::Agent {
     if (hint_.empty()) {
       return absl::FailedPreconditionError(
           "release of a forwarded session needs the destination backend's "
-          "address (no hint came from the destination)");
+          "guest address (no hint came from the destination)");
     }
-    std::vector<std::string> parts = absl::StrSplit(hint_, ' ');
-    uint64_t session = 0;
-    std::string token;
-    if (parts.size() != 3 || !absl::SimpleAtoi(parts[1], &session) ||
-        parts[2].size() != 64) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("bad destination hint '", hint_, "'"));
-    }
-    token = absl::HexStringToBytes(parts[2]);
-    return control_->HandOff(parts[0], session, token);
+    return control_->HandOff(hint_);
   }
 
   absl::Status Activate() {
-    if (log_.empty()) {
+    if (log_.empty() || session_ == 0) {
       return absl::FailedPreconditionError(
-          "no session log arrived: the stream ended before the source's final "
-          "copy");
+          "no session log or identity arrived: the stream ended before the "
+          "source's final copy");
     }
     absl::Status s = control_->Replay(log_);
     if (!s.ok()) {
@@ -266,12 +306,16 @@ class ForwardingAgent : public agents::Agent {
     auto f = guest.initFeatures(d.getFeatures().size());
     for (unsigned i = 0; i < d.getFeatures().size(); ++i) f.set(i, d.getFeatures()[i]);
     staged_.clear();
-    return control_->Activate(guest.asReader());
+    return control_->Activate(guest.asReader(), session_, token_);
   }
 
   std::unique_ptr<ControlClient> control_;
   agents::Descriptor descriptor_;
   std::string hint_;
+  // The session's identity: the source's own (from describe); on the
+  // destination, what the clsession section said.
+  uint64_t session_ = 0;
+  std::string token_;
   // source
   std::set<uint64_t> sent_;
   bool log_sent_ = false;
@@ -301,11 +345,7 @@ agents::Descriptor DescribeSession(control::SessionInfo::Reader info) {
 }
 
 std::string HandoffHint(control::SessionInfo::Reader target) {
-  const auto t = target.getToken();
-  return absl::StrCat(
-      target.getGuestAddress().cStr(), " ", target.getSession(), " ",
-      absl::BytesToHexString(absl::string_view(
-          reinterpret_cast<const char*>(t.begin()), t.size())));
+  return target.getGuestAddress();
 }
 
 absl::StatusOr<std::unique_ptr<agents::Agent>> OpenForwardingSource(
@@ -314,8 +354,13 @@ absl::StatusOr<std::unique_ptr<agents::Agent>> OpenForwardingSource(
   if (!c.ok()) return c.status();
   auto info = (*c)->Describe();
   if (!info.ok()) return info.status();
-  return std::unique_ptr<agents::Agent>(new ForwardingAgent(
-      Role::kSource, std::move(*c), DescribeSession(info->root())));
+  auto agent = std::make_unique<ForwardingAgent>(
+      Role::kSource, std::move(*c), DescribeSession(info->root()));
+  const auto t = info->root().getToken();
+  agent->set_identity(info->root().getSession(),
+                      std::string(reinterpret_cast<const char*>(t.begin()),
+                                  t.size()));
+  return std::unique_ptr<agents::Agent>(std::move(agent));
 }
 
 absl::StatusOr<std::unique_ptr<agents::Agent>> OpenForwardingDestination(

@@ -45,8 +45,8 @@ absl::StatusOr<std::unique_ptr<agents::Agent>> OpenForwardingDestination(
     control::SessionInfo::Reader target, const agents::Descriptor& source,
     const std::string& vm);
 
-// The hint a destination gives its source: where the guest goes next.
-// "<guest address> <session> <token hex>".
+// The hint a destination gives its source: the guest address of the
+// backend the guest goes to next (the session keeps its id and token).
 std::string HandoffHint(control::SessionInfo::Reader target);
 
 }  // namespace vgpu::forwarding::backend

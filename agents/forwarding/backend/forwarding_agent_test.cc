@@ -65,8 +65,7 @@ class ForwardingHarness : public agents::testing::AgentHarness {
     if (!agent.ok()) return agent.status();
     // Where the guest would be sent at release: no backend there, which
     // only matters to a guest that follows (the kit's has none).
-    (*agent)->SetDestinationHint(absl::StrCat(
-        "unix:/tmp/vgpu-fwd-nowhere 99 ", std::string(64, '0')));
+    (*agent)->SetDestinationHint("unix:/tmp/vgpu-fwd-nowhere");
     devices_[agent->get()] = std::move(d);
     return agent;
   }

@@ -560,16 +560,34 @@ absl::Status Session::WriteMem(uint64_t id, const void* src, uint64_t offset,
   return exec_->WriteMem(id, src, offset, bytes);
 }
 
-void Session::Activate(const GuestInfo& guest) {
+absl::Status Session::Activate(const GuestInfo& guest, uint64_t session,
+                               const std::string& token) {
   std::lock_guard<std::mutex> l(mu_);
+  if (ever_attached_) {
+    return absl::FailedPreconditionError(
+        "only a restored session that no guest has reached can be activated");
+  }
+  if (session == 0 || token.size() != 32) {
+    return absl::InvalidArgumentError(
+        "activate needs the session's id and its 32-byte token");
+  }
   guest_ = guest;
+  identity_.id = session;
+  identity_.token = token;
   activated_ = true;
   cv_.notify_all();
+  return absl::OkStatus();
 }
 
-absl::Status Session::HandOff(const std::string& address, uint64_t session,
-                              const std::string& token) {
+SessionIdentity Session::identity() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return identity_;
+}
+
+absl::Status Session::HandOff(const std::string& address) {
   std::shared_ptr<Connection> conn;
+  uint64_t session = 0;
+  std::string token;
   {
     std::lock_guard<std::mutex> l(mu_);
     if (!frozen_) {
@@ -577,6 +595,8 @@ absl::Status Session::HandOff(const std::string& address, uint64_t session,
           "a session is handed off only while frozen");
     }
     conn = conn_;
+    session = identity_.id;
+    token = identity_.token;
   }
   if (conn) {
     capnp::MallocMessageBuilder m;

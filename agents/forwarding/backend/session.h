@@ -100,21 +100,22 @@ class Session {
   absl::Status Replay(absl::Span<const uint8_t> log);
   absl::Status WriteMem(uint64_t id, const void* src, uint64_t offset,
                         uint64_t bytes);
-  // The restored session may now be resumed by its guest. `guest` is what
-  // the source knew of it (for describe).
-  void Activate(const GuestInfo& guest);
+  // The restored session takes the identity its guest knows (the source's
+  // session id and token) and may now be resumed. `guest` is what the
+  // source knew of it (for describe). Only before any guest attached.
+  absl::Status Activate(const GuestInfo& guest, uint64_t session,
+                        const std::string& token);
 
   // Source, frozen: tells the guest to reconnect to `address` and resume
-  // `session` with `token`, then closes the connection. The session ends
-  // (WaitDetached returns).
-  absl::Status HandOff(const std::string& address, uint64_t session,
-                       const std::string& token);
+  // this session there (same id and token), then closes the connection.
+  // The session ends (WaitDetached returns).
+  absl::Status HandOff(const std::string& address);
 
   // Ends the session now: the guest connection closes, WaitDetached
   // returns. For a worker told to quit or orphaned by its supervisor.
   void End();
 
-  const SessionIdentity& identity() const { return identity_; }
+  SessionIdentity identity() const;
   GuestInfo guest() const;
   bool attached() const;
   uint64_t log_entries() const;
@@ -136,7 +137,7 @@ class Session {
   void SpawnLocked(std::function<void()> fn);
   void LeaveCall();
 
-  const SessionIdentity identity_;
+  SessionIdentity identity_;  // guarded by mu_ (Activate adopts another)
   std::unique_ptr<executor::Executor> exec_;
 
   mutable std::mutex mu_;

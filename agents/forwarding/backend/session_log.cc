@@ -373,6 +373,11 @@ absl::StatusOr<std::vector<ReplayCall>> SessionLog::Decode(
     ReplayCall c;
     c.payload_bytes = GetLE(blob.data() + off, 8);
     const uint64_t len = GetLE(blob.data() + off + 8, 4);
+    if (GetLE(blob.data() + off + 12, 4) != 0) {
+      return absl::DataLossError(absl::StrCat(
+          "session log: call ", i, " at offset ", off,
+          " has a non-zero reserved field"));
+    }
     off += 16;
     if (len > blob.size() - off) {
       return absl::DataLossError(absl::StrCat(

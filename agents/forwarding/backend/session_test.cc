@@ -43,7 +43,8 @@ void Restore(Session& source, Session& target) {
     ASSERT_TRUE(source.ReadMem(m.info.id, bytes.data(), 0, bytes.size()).ok());
     ASSERT_TRUE(target.WriteMem(m.info.id, bytes.data(), 0, bytes.size()).ok());
   }
-  target.Activate(source.guest());
+  const SessionIdentity id = source.identity();
+  ASSERT_TRUE(target.Activate(source.guest(), id.id, id.token).ok());
 }
 
 TEST(SessionTest, CheckpointRestoreCarriesObjectsArgumentsAndContents) {
@@ -63,6 +64,8 @@ TEST(SessionTest, CheckpointRestoreCarriesObjectsArgumentsAndContents) {
   auto b = InProcessSession::Start(2);
   ASSERT_TRUE(b.ok());
   Restore((*a)->session(), (*b)->session());
+  // The restored session answers to the identity the guest knows.
+  EXPECT_EQ((*b)->session().identity().id, (*g)->session());
   EXPECT_EQ((*b)->session().guest().vm, "vm1");
 
   // The guest resumes on the restored session with the same ids: the
@@ -128,19 +131,21 @@ TEST(SessionTest, HandOffTellsTheGuestWhereToGoAndEndsTheSession) {
   auto g = (*a)->Connect("vm1");
   ASSERT_TRUE(g.ok());
   // Not while running: the guest could still be changing state.
-  EXPECT_TRUE(absl::IsFailedPrecondition(
-      (*a)->session().HandOff("unix:/x", 9, "t")));
+  EXPECT_TRUE(absl::IsFailedPrecondition((*a)->session().HandOff("unix:/x")));
   ASSERT_TRUE((*a)->session().Freeze().ok());
-  const std::string token(32, 'k');
-  ASSERT_TRUE((*a)->session().HandOff("tcp:10.0.0.2:7400", 9, token).ok());
+  ASSERT_TRUE((*a)->session().HandOff("tcp:10.0.0.2:7400").ok());
   auto moved = (*g)->Receive();
   ASSERT_TRUE(moved.ok()) << moved.status();
   auto r = moved->reply.root();
   EXPECT_EQ(r.getSeq(), 0u);
   ASSERT_TRUE(r.isMoved());
   EXPECT_EQ(std::string(r.getMoved().getAddress()), "tcp:10.0.0.2:7400");
-  EXPECT_EQ(r.getMoved().getSession(), 9u);
-  EXPECT_EQ(r.getMoved().getToken().size(), 32u);
+  // The session keeps the identity the guest knows it by.
+  EXPECT_EQ(r.getMoved().getSession(), (*g)->session());
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(
+                            r.getMoved().getToken().begin()),
+                        r.getMoved().getToken().size()),
+            (*g)->token());
   (*a)->session().WaitDetached();  // returns: the session is over here
   // A late resume here is told the session moved.
   auto late = (*a)->Connect("vm1", true);

@@ -104,7 +104,10 @@ absl::Status ReceiveGuest(int channel, int* guest_fd,
 void FillInfo(Session& session, const WorkerOptions& o,
               control::SessionInfo::Builder out) {
   const GuestInfo g = session.guest();
-  out.setSession(session.identity().id);
+  const SessionIdentity id = session.identity();
+  out.setSession(id.id);
+  out.setToken(kj::arrayPtr(reinterpret_cast<const capnp::byte*>(id.token.data()),
+                            id.token.size()));
   auto gi = out.initGuest();
   gi.setVm(g.vm);
   gi.setLibrary(g.library);
@@ -196,24 +199,23 @@ bool ServeSessionControl(Stream& stream, Session& session,
         break;
       }
       case ControlRequest::ACTIVATE: {
-        auto g = r.getActivate();
+        auto a = r.getActivate();
+        auto g = a.getGuest();
         GuestInfo info;
         info.vm = g.getVm();
         info.library = g.getLibrary();
         info.abi_major = g.getAbi().getMajor();
         info.abi_minor = g.getAbi().getMinor();
         for (auto f : g.getFeatures()) info.features.push_back(f);
-        session.Activate(info);
+        s = session.Activate(
+            info, a.getSession(),
+            std::string(reinterpret_cast<const char*>(a.getToken().begin()),
+                        a.getToken().size()));
         break;
       }
-      case ControlRequest::HAND_OFF: {
-        auto g = r.getHandOff();
-        s = session.HandOff(
-            g.getAddress(), g.getSession(),
-            std::string(reinterpret_cast<const char*>(g.getToken().begin()),
-                        g.getToken().size()));
+      case ControlRequest::HAND_OFF:
+        s = session.HandOff(r.getHandOff().getAddress());
         break;
-      }
       case ControlRequest::QUIT:
         quit = true;
         break;
@@ -395,14 +397,12 @@ class Supervisor {
     int channel = -1;
     const uint64_t resume = hello.getResumeSession();
     if (resume != 0) {
-      std::lock_guard<std::mutex> l(mu_);
-      auto it = workers_.find(resume);
-      if (it == workers_.end()) {
+      channel = FindSession(resume);
+      if (channel < 0) {
         Refuse(s, msg->root().getSeq(),
                absl::StrCat("no session ", resume, " on this backend"));
         return;
       }
-      channel = it->second.channel;
     } else {
       auto w = Spawn(false);
       if (!w.ok()) {
@@ -417,6 +417,27 @@ class Supervisor {
     (void)PassGuest(channel, s.fd(), bytes);
   }
 
+  // The hand-over channel of the worker serving session `id`: one started
+  // with it, or a restored one that took it over (asked through describe).
+  int FindSession(uint64_t id) {
+    std::vector<Worker> ws;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      auto it = workers_.find(id);
+      if (it != workers_.end() && !it->second.target) return it->second.channel;
+      for (auto& [key, w] : workers_) {
+        if (w.target) ws.push_back(w);
+      }
+    }
+    for (const Worker& w : ws) {
+      auto c = ControlClient::Connect(w.control, absl::Seconds(2));
+      if (!c.ok()) continue;
+      auto d = (*c)->Describe();
+      if (d.ok() && d->root().getSession() == id) return w.channel;
+    }
+    return -1;
+  }
+
   absl::StatusOr<Worker> Spawn(bool target) {
     Worker w;
     {
@@ -426,8 +447,14 @@ class Supervisor {
             "this backend already serves ", workers_.size(),
             " sessions (its limit)"));
       }
-      w.session = next_session_++;
     }
+    // Random ids: a session keeps its id when it moves to another backend,
+    // so ids must not collide across hosts.
+    do {
+      const std::string r = RandomToken();
+      std::memcpy(&w.session, r.data(), sizeof(w.session));
+      w.session &= 0x7fffffffffffffffull;
+    } while (w.session == 0);
     w.token = RandomToken();
     w.target = target;
     w.control = absl::StrCat("unix:", o_.run_dir, "/s", w.session, ".ctl");
@@ -549,8 +576,7 @@ class Supervisor {
   const SupervisorOptions o_;
   std::string guest_address_;
   std::mutex mu_;
-  std::map<uint64_t, Worker> workers_;
-  uint64_t next_session_ = 1;
+  std::map<uint64_t, Worker> workers_;  // by the id each was started with
 };
 
 }  // namespace

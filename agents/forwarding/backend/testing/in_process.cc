@@ -65,9 +65,9 @@ absl::StatusOr<std::unique_ptr<RawGuest>> InProcessSession::Connect(
     if (!hello.ok() || !hello->root().isHello()) return;
     (void)session->Attach(std::move(s), hello->root());
   });
+  const backend::SessionIdentity id = session_->identity();
   auto g = RawGuest::Hello(std::make_unique<Stream>(sv[0], "test backend"), vm,
-                           resume ? options_.session : 0,
-                           resume ? options_.token : "");
+                           resume ? id.id : 0, resume ? id.token : "");
   admit.join();
   return g;
 }
