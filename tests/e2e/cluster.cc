@@ -248,6 +248,10 @@ absl::Status Cluster::WriteConfig(int i) {
   std::string extra;
   auto e = options_.extra_config.find(i);
   if (e != options_.extra_config.end()) extra = ",\n" + e->second;
+  if (options_.cl_backends) {
+    absl::StrAppend(&extra, ",\n  \"forwarding\": {\"control\": \"",
+                    ClControl(i), "\"}");
+  }
   std::string json = absl::StrFormat(
       R"({
   "host": "%s",
@@ -381,6 +385,41 @@ absl::StatusOr<std::string> Cluster::StartDevice(const std::string& name,
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   return absl::DeadlineExceededError("device did not start: " + name);
+}
+
+std::string Cluster::ClControl(int i) const {
+  return absl::StrCat("unix:", hosts_[i].dir, "/clc.sock");
+}
+
+absl::StatusOr<std::string> Cluster::StartClBackend(int i) {
+  const Host& h = hosts_[i];
+  const std::string guests = netns_ ? absl::StrCat("tcp:", h.addr, ":7400")
+                                    : absl::StrCat("unix:", h.dir, "/cl.sock");
+  auto pid = Spawn({Runfile("agents/forwarding/backend/vgpu-cl-backend"),
+                    "--listen", guests, "--control", ClControl(i),
+                    "--run-dir", h.dir + "/cl"},
+                   h.dir + "/cl-backend.log", h.ns);
+  if (!pid.ok()) return pid.status();
+  children_.push_back(*pid);
+  const std::string sock = h.dir + "/clc.sock";
+  for (int n = 0; n < 300; ++n) {
+    if (access(sock.c_str(), F_OK) == 0) return guests;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  return absl::DeadlineExceededError(absl::StrCat(
+      "vgpu-cl-backend on ", h.name, " did not come up; see ", h.dir,
+      "/cl-backend.log"));
+}
+
+absl::StatusOr<pid_t> Cluster::SpawnOnHost(
+    int i, const std::vector<std::string>& argv,
+    const std::vector<std::string>& env, const std::string& log) {
+  std::vector<std::string> full = {"/usr/bin/env"};
+  full.insert(full.end(), env.begin(), env.end());
+  full.insert(full.end(), argv.begin(), argv.end());
+  auto pid = Spawn(full, log, hosts_[i].ns);
+  if (pid.ok()) children_.push_back(*pid);
+  return pid;
 }
 
 absl::StatusOr<pid_t> Cluster::StartWorkload(const std::string& socket,

@@ -33,6 +33,9 @@ struct ClusterOptions {
   std::map<int, std::string> max_vram;
   // Hosts whose certificates come from a second, unrelated CA.
   std::vector<int> foreign_ca;
+  // Every host's vgpud is configured for a vgpu-cl-backend (started with
+  // StartClBackend) at ClControl(i).
+  bool cl_backends = false;
 };
 
 inline ClusterOptions Hosts(int n) {
@@ -104,6 +107,17 @@ class Cluster {
   // Starts a vgpu-emu-device (in no namespace: Unix sockets are shared).
   absl::StatusOr<std::string> StartDevice(const std::string& name,
                                           const std::string& vram);
+  // Starts vgpu-cl-backend on host i, in its namespace, and waits until it
+  // answers; returns the address guests use (tcp on the host's address in
+  // netns mode, a unix socket otherwise).
+  absl::StatusOr<std::string> StartClBackend(int i);
+  // The backend's control address ("unix:...").
+  std::string ClControl(int i) const;
+  // Runs `argv` in host i's namespace with `env` ("NAME=VALUE") added,
+  // stdout and stderr to `log`. Dies with the test.
+  absl::StatusOr<pid_t> SpawnOnHost(int i, const std::vector<std::string>& argv,
+                                    const std::vector<std::string>& env,
+                                    const std::string& log);
   // Starts vgpu-emu-workload on a device; Kill it with KillProcess.
   absl::StatusOr<pid_t> StartWorkload(const std::string& socket,
                                       uint32_t pages_per_second);

@@ -15,7 +15,10 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/escaping.h"
+#include "agents/forwarding/backend/checkpoint.h"
+#include "agents/forwarding/backend/control_client.h"
 #include "agents/forwarding/backend/worker.h"
+#include "nlohmann/json.hpp"
 
 namespace {
 
@@ -24,6 +27,54 @@ std::string Self() {
   const ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
   if (n <= 0) return "";
   return std::string(buf, static_cast<size_t>(n));
+}
+
+int ListSessions(const std::string& control, bool json) {
+  auto c = vgpu::forwarding::backend::ControlClient::Connect(control);
+  if (!c.ok()) {
+    std::fprintf(stderr, "vgpu-cl-backend: %s\n",
+                 std::string(c.status().message()).c_str());
+    return 1;
+  }
+  auto list = (*c)->ListSessions();
+  if (!list.ok()) {
+    std::fprintf(stderr, "vgpu-cl-backend: %s\n",
+                 std::string(list.status().message()).c_str());
+    return 1;
+  }
+  if (!json) {
+    std::printf("%-20s %-12s %-10s %10s %12s %8s  %s\n", "SESSION", "VM",
+                "STATE", "CALLS", "MEMORY", "LOG", "CONTROL");
+  }
+  for (const auto& info : *list) {
+    auto r = info.root();
+    const char* state = r.getFrozen() ? "frozen"
+                        : r.getAttached() ? "attached"
+                                          : "waiting";
+    if (json) {
+      nlohmann::json j = {{"session", r.getSession()},
+                          {"vm", r.getGuest().getVm().cStr()},
+                          {"library", r.getGuest().getLibrary().cStr()},
+                          {"state", state},
+                          {"calls", r.getCalls()},
+                          {"memory_bytes", r.getMemoryBytes()},
+                          {"log_entries", r.getLogEntries()},
+                          {"log_bytes", r.getLogBytes()},
+                          {"control", r.getControl().cStr()},
+                          {"device", r.getDevice().cStr()},
+                          {"pid", r.getPid()}};
+      std::printf("%s\n", j.dump().c_str());
+    } else {
+      std::printf("%-20llu %-12s %-10s %10llu %12llu %8llu  %s\n",
+                  static_cast<unsigned long long>(r.getSession()),
+                  r.getGuest().getVm().cStr(), state,
+                  static_cast<unsigned long long>(r.getCalls()),
+                  static_cast<unsigned long long>(r.getMemoryBytes()),
+                  static_cast<unsigned long long>(r.getLogEntries()),
+                  r.getControl().cStr());
+    }
+  }
+  return 0;
 }
 
 }  // namespace
@@ -67,7 +118,70 @@ int main(int argc, char** argv) {
   worker->add_option("--guest-address", wo.guest_address);
   worker->add_option("--memory-limit", wo.memory_limit);
   worker->add_flag("--target", wo.target);
+  std::string list_control = so.control_address;
+  bool list_json = false;
+  CLI::App* sessions = app.add_subcommand(
+      "sessions",
+      "list the sessions a running backend serves: id, VM, guest library, "
+      "calls, device memory, log size, and the control address to register "
+      "with vgpud (vgpu-migrate register VM --device apiForwarding:ADDRESS)");
+  sessions->add_option("--control", list_control,
+                       "the supervisor's control address")
+      ->capture_default_str();
+  sessions->add_flag("--json", list_json, "one JSON object per session");
+  std::string session_control, image_path, restore_control = so.control_address;
+  CLI::App* checkpoint = app.add_subcommand(
+      "checkpoint",
+      "write a checkpoint image of one live session to a file: its calls are "
+      "held and its queues drained while the state is read, then it runs on");
+  checkpoint->add_option("session", session_control,
+                         "the session's control address (`sessions` lists it)")
+      ->required();
+  checkpoint->add_option("image", image_path, "the image file to write")
+      ->required();
+  CLI::App* restore = app.add_subcommand(
+      "restore",
+      "restore a session from a checkpoint image into a fresh worker of a "
+      "running backend; the guest library resumes it there when it next "
+      "reconnects to this backend");
+  restore->add_option("image", image_path, "the image file to read")
+      ->required();
+  restore->add_option("--control", restore_control,
+                      "the backend's control address")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+
+  if (sessions->parsed()) return ListSessions(list_control, list_json);
+  if (checkpoint->parsed()) {
+    auto st = vgpu::forwarding::backend::CheckpointToFile(session_control,
+                                                          image_path);
+    if (!st.ok()) {
+      std::fprintf(stderr, "vgpu-cl-backend checkpoint: %s\n",
+                   std::string(st.status().message()).c_str());
+      return 1;
+    }
+    std::printf(
+        "checkpoint %s: %u sections, %.1f MiB of state as %.1f MiB; calls "
+        "held %.1f ms, %.1f ms in all\n",
+        image_path.c_str(), st->sections, st->raw_bytes / 1048576.0,
+        st->stored_bytes / 1048576.0, st->frozen_ms, st->total_ms);
+    return 0;
+  }
+  if (restore->parsed()) {
+    auto r = vgpu::forwarding::backend::RestoreFromFile(restore_control,
+                                                        image_path);
+    if (!r.ok()) {
+      std::fprintf(stderr, "vgpu-cl-backend restore: %s\n",
+                   std::string(r.status().message()).c_str());
+      return 1;
+    }
+    std::printf("restored session %llu from %s in %.1f ms (%.1f MiB); its "
+                "control: %s\n",
+                static_cast<unsigned long long>(r->session), image_path.c_str(),
+                r->stats.total_ms, r->stats.raw_bytes / 1048576.0,
+                r->control.c_str());
+    return 0;
+  }
 
   if (worker->parsed()) {
     const char* hex = std::getenv("VGPU_CL_SESSION_TOKEN");

@@ -110,6 +110,14 @@ class Executor {
                                capnp::MessageBuilder& reply_message,
                                const PayloadSink& sink, bool replay) = 0;
 
+  // Installs where event callbacks go: when an event given to
+  // setEventCallback reaches its status, `notifier(cookie, status)` runs on
+  // an OpenCL implementation thread (so it must not block for long nor call
+  // back into the executor's Execute synchronously with a lock it needs).
+  // Callbacks that fire with no notifier installed are dropped.
+  virtual void SetNotifier(
+      std::function<void(uint64_t cookie, cl_int status)> notifier) = 0;
+
   // --- For checkpoints and restores (the session is frozen) ------------
   // clFinish on every live queue. FAILED_PRECONDITION, naming the event,
   // when a command still waits on a user event that is not set (the queue

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdlib>
 
 #include "absl/strings/str_cat.h"
 #include "agents/forwarding/frame.h"
@@ -13,11 +14,16 @@ namespace vgpu::forwarding::testing {
 absl::StatusOr<std::unique_ptr<InProcessSession>> InProcessSession::Start(
     uint64_t id, uint64_t memory_limit, const std::string& guest_address) {
   static std::atomic<int> counter{0};
+  // Bazel sandboxes give parallel test runs the same pids: a fresh folder
+  // keeps their sockets apart.
+  char dir[] = "/tmp/vgpu-fwd-XXXXXX";
+  if (mkdtemp(dir) == nullptr) return absl::InternalError("mkdtemp failed");
   std::unique_ptr<InProcessSession> p(new InProcessSession());
+  p->dir_ = dir;
   p->options_.session = id;
   p->options_.token = backend::RandomToken();
-  p->options_.control_address = absl::StrCat(
-      "unix:/tmp/vgpu-fwd-", getpid(), "-", counter.fetch_add(1), ".ctl");
+  p->options_.control_address =
+      absl::StrCat("unix:", dir, "/s", counter.fetch_add(1), ".ctl");
   p->options_.guest_address = guest_address;
   p->options_.memory_limit = memory_limit;
   executor::ExecutorOptions eo;
@@ -47,6 +53,7 @@ InProcessSession::~InProcessSession() {
   control_->Close();
   if (control_thread_.joinable()) control_thread_.join();
   session_.reset();
+  rmdir(dir_.c_str());
 }
 
 absl::StatusOr<std::unique_ptr<RawGuest>> InProcessSession::Connect(

@@ -35,6 +35,7 @@ class InProcessSession {
 
  private:
   InProcessSession() = default;
+  std::string dir_;
   backend::WorkerOptions options_;
   std::unique_ptr<backend::Session> session_;
   std::unique_ptr<Listener> control_;
