@@ -290,3 +290,54 @@ TEST(SessionTest, MemoryLimitRefusesAndTheSessionStaysUsable) {
 
 }  // namespace
 }  // namespace vgpu::forwarding::backend
+
+namespace vgpu::forwarding::backend {
+namespace {
+
+// clEnqueueWriteBuffer(CL_FALSE) behind an unset user event returns at once
+// natively; the application sets the event afterwards. Forwarded, the call
+// must not wait for the event either (it would never come).
+TEST(SessionTest, ANonBlockingWriteBehindAUserEventReturnsAtOnce) {
+  auto a = InProcessSession::Start(1);
+  ASSERT_TRUE(a.ok());
+  auto g = (*a)->Connect("vm1");
+  auto v = VectorAdd::Build(**g, 64);
+  ASSERT_TRUE(v.ok());
+  const uint64_t user = (*g)->NewId();
+  auto r = (*g)->Call([&](proto::Request::Builder b) {
+    auto u = b.initCreateUserEvent();
+    u.setId(user);
+    u.setContext(v->context);
+  });
+  ASSERT_EQ(r->code(), CL_SUCCESS);
+  std::vector<float> ones(64, 1.0f);
+  auto write = std::async(std::launch::async, [&] {
+    return (*g)->Call(
+        [&](proto::Request::Builder b) {
+          auto e = b.initEnqueue();
+          e.setQueue(v->queue);
+          e.initWaitList(1).set(0, user);
+          auto w = e.initWriteBuffer();
+          w.setMem(v->a);
+          w.setSize(64 * 4);
+          w.setBlocking(false);
+        },
+        absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(ones.data()),
+                            64 * 4));
+  });
+  ASSERT_EQ(write.wait_for(std::chrono::seconds(5)), std::future_status::ready)
+      << "the write waited for the user event";
+  ASSERT_EQ(write.get()->code(), CL_SUCCESS);
+  r = (*g)->Call([&](proto::Request::Builder b) {
+    auto u = b.initSetUserEventStatus();
+    u.setEvent(user);
+    u.setStatus(CL_COMPLETE);
+  });
+  ASSERT_EQ(r->code(), CL_SUCCESS);
+  auto back = v->Read(**g, v->a);
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(*back, ones);
+}
+
+}  // namespace
+}  // namespace vgpu::forwarding::backend

@@ -801,6 +801,38 @@ Outcome ExecutorImpl::Release(ObjKind kind, uint64_t id) {
   return err == CL_SUCCESS ? Outcome{} : Fail(err, "");
 }
 
+// --- Staged writes ----------------------------------------------------
+// A non-blocking write returns at once, as it does natively, even when its
+// wait list holds it back (an unset user event the application sets after
+// the call returns): the bytes wait in a staging buffer that the command's
+// completion frees.
+namespace {
+struct Staging {
+  std::vector<unsigned char> bytes;
+};
+void CL_CALLBACK FreeStaging(cl_event, cl_int, void* p) {
+  delete static_cast<Staging*>(p);
+}
+// After the enqueue that reads `st` (with its event in `done`): hands the
+// event to the caller's `evp` when it wants one.
+cl_int AfterStaged(cl_int err, Staging* st, cl_event done, cl_event* evp) {
+  if (err != CL_SUCCESS) {
+    delete st;
+    return err;
+  }
+  if (clSetEventCallback(done, CL_COMPLETE, FreeStaging, st) != CL_SUCCESS) {
+    clWaitForEvents(1, &done);
+    delete st;
+  }
+  if (evp != nullptr) {
+    *evp = done;
+  } else {
+    clReleaseEvent(done);
+  }
+  return CL_SUCCESS;
+}
+}  // namespace
+
 // --- Contexts and queues ----------------------------------------------
 
 Outcome ExecutorImpl::ContextProps(
@@ -847,7 +879,12 @@ Outcome ExecutorImpl::CreateContext(proto::Request::CreateContext::Reader r) {
                                  static_cast<cl_uint>(devs.size()),
                                  devs.empty() ? nullptr : devs.data(), nullptr,
                                  nullptr, &err);
-  if (c == nullptr) return Fail(err, "");
+  // PoCL can hand back a context together with an error (no device of the
+  // type): the error is what the application sees natively.
+  if (err != CL_SUCCESS || c == nullptr) {
+    if (c != nullptr) clReleaseContext(c);
+    return Fail(err == CL_SUCCESS ? CL_OUT_OF_HOST_MEMORY : err, "");
+  }
   Entry e;
   e.kind = ObjKind::CONTEXT;
   e.handle = c;
@@ -867,7 +904,10 @@ Outcome ExecutorImpl::CreateContextFromType(
   cl_context c = clCreateContextFromType(
       props.empty() ? nullptr : props.data(), r.getDeviceType(), nullptr,
       nullptr, &err);
-  if (c == nullptr) return Fail(err, "");
+  if (err != CL_SUCCESS || c == nullptr) {
+    if (c != nullptr) clReleaseContext(c);
+    return Fail(err == CL_SUCCESS ? CL_OUT_OF_HOST_MEMORY : err, "");
+  }
   Entry e;
   e.kind = ObjKind::CONTEXT;
   e.handle = c;
@@ -1471,7 +1511,7 @@ Outcome ExecutorImpl::Enqueue(proto::Enqueue::Reader r, CountingSource& payload,
                     absl::StrCat("write of ", size, " bytes carries ",
                                  payload.size()));
       }
-      if (evp == nullptr && size >= (1u << 20)) {
+      if (evp == nullptr && nw == 0 && size >= (1u << 20)) {
         void* p = clEnqueueMapBuffer(q, m, CL_TRUE, CL_MAP_WRITE_INVALIDATE_REGION,
                                      b.getOffset(), size, nw, wl, nullptr, &err);
         if (p != nullptr) {
@@ -1480,6 +1520,22 @@ Outcome ExecutorImpl::Enqueue(proto::Enqueue::Reader r, CountingSource& payload,
           if (err == CL_SUCCESS) err = clFinish(q);
           break;
         }
+      }
+      if (!b.getBlocking()) {
+        auto* st = new Staging{std::vector<unsigned char>(size)};
+        if (size) {
+          *io = payload.ReadInto(st->bytes.data(), size);
+          if (!io->ok()) {
+            delete st;
+            return {};
+          }
+        }
+        cl_event done = nullptr;
+        err = clEnqueueWriteBuffer(q, m, CL_FALSE, b.getOffset(), size,
+                                   size ? st->bytes.data() : nullptr, nw, wl,
+                                   &done);
+        err = AfterStaged(err, st, done, evp);
+        break;
       }
       std::vector<unsigned char> buf(size);
       if (size) {
@@ -1517,6 +1573,17 @@ Outcome ExecutorImpl::Enqueue(proto::Enqueue::Reader r, CountingSource& payload,
         }
         *io = payload.ReadInto(buf.data(), bytes);
         if (!io->ok()) return {};
+        if (!b.getBlocking()) {
+          auto* st = new Staging{std::move(buf)};
+          cl_event done = nullptr;
+          err = clEnqueueWriteBufferRect(q, m, CL_FALSE, bo, ho, rg,
+                                         b.getBufferRowPitch(),
+                                         b.getBufferSlicePitch(), rg[0],
+                                         rg[0] * rg[1], st->bytes.data(), nw,
+                                         wl, &done);
+          err = AfterStaged(err, st, done, evp);
+          break;
+        }
         err = clEnqueueWriteBufferRect(q, m, CL_TRUE, bo, ho, rg,
                                        b.getBufferRowPitch(),
                                        b.getBufferSlicePitch(), rg[0],
@@ -1596,6 +1663,16 @@ Outcome ExecutorImpl::Enqueue(proto::Enqueue::Reader r, CountingSource& payload,
         if (bytes) {
           *io = payload.ReadInto(buf.data(), bytes);
           if (!io->ok()) return {};
+        }
+        if (!im.getBlocking()) {
+          auto* st = new Staging{std::move(buf)};
+          cl_event done = nullptr;
+          err = clEnqueueWriteImage(q, m, CL_FALSE, og, rg, im.getRowPitch(),
+                                    im.getSlicePitch(),
+                                    bytes ? st->bytes.data() : nullptr, nw, wl,
+                                    &done);
+          err = AfterStaged(err, st, done, evp);
+          break;
         }
         err = clEnqueueWriteImage(q, m, CL_TRUE, og, rg, im.getRowPitch(),
                                   im.getSlicePitch(),
