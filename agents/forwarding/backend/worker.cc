@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -266,16 +267,20 @@ int RunWorker(const WorkerOptions& o) {
   if (write(o.attach_fd, &ready, 1) != 1) return 1;
 
   std::atomic<bool> quit{false};
+  // Each control connection has a thread: a tool may hold one open while
+  // the agent it drives opens another.
   std::thread control([&] {
     while (!quit.load()) {
       auto c = (*listener)->Accept();
       if (!c.ok()) return;
-      if (ServeSessionControl(**c, session, o)) {
-        quit.store(true);
-        // Unblock the main thread's wait.
-        shutdown(o.attach_fd, SHUT_RDWR);
-        return;
-      }
+      std::shared_ptr<Stream> conn(std::move(*c));
+      std::thread([&, conn] {
+        if (ServeSessionControl(*conn, session, o)) {
+          quit.store(true);
+          // Unblock the main thread's wait.
+          shutdown(o.attach_fd, SHUT_RDWR);
+        }
+      }).detach();
     }
   });
   control.detach();

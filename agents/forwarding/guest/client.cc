@@ -265,7 +265,8 @@ bool Client::Reconnect(const std::string& address) {
       }
       return true;
     }
-    if (absl::IsFailedPrecondition(s.status())) return false;
+    // A refusal is retried too: "no such session" is what a backend says
+    // while a restore of the session is still on its way there.
     absl::SleepFor(std::min(absl::Milliseconds(50), left));
   }
 }
