@@ -345,6 +345,24 @@ TEST(ApiForwardingTest, MissingFeaturesAreListed) {
             "fp64, svm, fp16, subgroups)");
 }
 
+// A program built from a binary replays only on the device the binary is
+// for: the session requires "cl-binary:<device>", and a backend offers it
+// for its own device (config forwarding.device).
+TEST(ApiForwardingTest, ProgramBinariesNeedTheSameDevice) {
+  Vm vm;
+  vm.AddForwarded("sess0").initRequiredFeatures(1).set(
+      0, "cl-binary:pthread-skylake");
+  HostProfile host = Host2();
+  host.api_forwarding[0].features.push_back("cl-binary:pthread-haswell");
+  CompatRow row = Row(CheckCompatibility(vm.devices(), host), 0, "features");
+  EXPECT_FALSE(row.ok);
+  EXPECT_EQ(row.detail,
+            "host2's backend lacks cl-binary:pthread-skylake (the session "
+            "requires cl-binary:pthread-skylake)");
+  host.api_forwarding[0].features.push_back("cl-binary:pthread-skylake");
+  EXPECT_TRUE(Row(CheckCompatibility(vm.devices(), host), 0, "features").ok);
+}
+
 TEST(ApiForwardingTest, NoRequiredFeaturesPasses) {
   Vm vm;
   vm.AddForwarded("sess0").initRequiredFeatures(0);

@@ -254,6 +254,7 @@ absl::Status ParseTop(const json& j, Config* c) {
     r.String("control", &c->forwarding_control);
     r.String("vendor", &c->forwarding_vendor);
     r.String("architecture", &c->forwarding_architecture);
+    r.String("device", &c->forwarding_device);
     ReadSize(r, "memory", &c->forwarding_memory_bytes);
     r.Finish();
   }

@@ -82,6 +82,7 @@ struct Config {
   std::string forwarding_vendor = "pocl";
   std::string forwarding_architecture = "cpu";
   uint64_t forwarding_memory_bytes = 0;
+  std::string forwarding_device;  // CL_DEVICE_NAME of the backend's device
   // libvirt: a read-only connection whose domains with vGPUs vgpud
   // registers, polled every libvirt_poll_ms (empty uri: off).
   std::string libvirt_uri;

@@ -92,6 +92,7 @@ class ForwardingBackend : public StrategyBackend {
     offer.wrapper_name = forwarding::backend::kWrapperName;
     offer.abi = {forwarding::proto::ABI_MAJOR, forwarding::proto::ABI_MINOR, 0};
     offer.features = o_.features;
+    if (!o_.device.empty()) offer.features.push_back("cl-binary:" + o_.device);
     offer.vendor = o_.vendor;
     offer.architecture = o_.architecture;
     offer.memory_bytes = o_.memory_bytes;

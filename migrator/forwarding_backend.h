@@ -24,6 +24,9 @@ struct ForwardingOptions {
   std::string architecture = "cpu";
   uint64_t memory_bytes = 0;  // 0: the backend sets no limit
   std::vector<std::string> features = {"cl1.2", "resume"};
+  // The device the backend serves (its CL_DEVICE_NAME); sessions holding
+  // programs built from binaries need the same one ("cl-binary:<device>").
+  std::string device;
 };
 
 std::unique_ptr<StrategyBackend> NewForwardingBackend(

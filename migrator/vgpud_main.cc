@@ -146,6 +146,7 @@ int main(int argc, char** argv) {
   fo.vendor = c.forwarding_vendor;
   fo.architecture = c.forwarding_architecture;
   fo.memory_bytes = c.forwarding_memory_bytes;
+  fo.device = c.forwarding_device;
   auto forwarding = NewForwardingBackend(fo);
   backends[forwarding->name()] = std::move(forwarding);
 

@@ -35,6 +35,10 @@ struct SessionInfo {
   pid @12 :Int32;
   token @13 :Data;             # the guest's resume secret (control is root-only)
   memoryLimit @14 :UInt64;
+  # What the session's state depends on ("cl-binary:<device name>" when a
+  # live program was created from a binary, which only that kind of device
+  # accepts).
+  requiredFeatures @15 :List(Text);
 }
 
 struct MemEntry {

@@ -340,6 +340,9 @@ agents::Descriptor DescribeSession(control::SessionInfo::Reader info) {
   auto gf = info.getGuest().getFeatures();
   auto f = r.initFeatures(gf.size());
   for (unsigned i = 0; i < gf.size(); ++i) f.set(i, gf[i]);
+  auto rf = info.getRequiredFeatures();
+  auto req = r.initRequiredFeatures(rf.size());
+  for (unsigned i = 0; i < rf.size(); ++i) req.set(i, rf[i]);
   r.setVramBytes(info.getMemoryBytes());
   return d;
 }

@@ -641,6 +641,17 @@ uint64_t Session::log_entries() const {
   return log_.entry_count();
 }
 
+std::vector<std::string> Session::required_features() const {
+  std::vector<std::string> out;
+  bool binary = false;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    binary = log_.HasBinaryPrograms();
+  }
+  if (binary) out.push_back("cl-binary:" + exec_->device_name());
+  return out;
+}
+
 uint64_t Session::log_bytes() const {
   std::lock_guard<std::mutex> l(mu_);
   return log_.encoded_bytes();

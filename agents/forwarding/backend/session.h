@@ -120,6 +120,9 @@ class Session {
   bool attached() const;
   uint64_t log_entries() const;
   uint64_t log_bytes() const;
+  // What the session's state depends on, for descriptors: "cl-binary:<device>"
+  // when a live program came from a binary.
+  std::vector<std::string> required_features() const;
   uint64_t memory_bytes() const { return exec_->memory_bytes(); }
   uint64_t calls() const { return calls_.load(); }
   executor::Executor& executor() { return *exec_; }

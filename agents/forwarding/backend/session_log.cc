@@ -426,6 +426,16 @@ bool SessionLog::IsReadOnly(uint64_t mem) const {
   return o != objects_.end() && o->second.read_only;
 }
 
+bool SessionLog::HasBinaryPrograms() const {
+  codec::MessageLimits limits;
+  limits.max_bytes = 64 << 20;
+  for (const auto& [key, e] : entries_) {
+    auto m = codec::DecodeMessage<Request>(e.request, limits);
+    if (m.ok() && m->root().isCreateProgramWithBinary()) return true;
+  }
+  return false;
+}
+
 uint64_t SessionLog::encoded_bytes() const {
   uint64_t n = 16;
   for (const auto& [key, e] : entries_) n += 16 + e.request.size();

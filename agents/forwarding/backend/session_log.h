@@ -68,6 +68,10 @@ class SessionLog {
   // Whether `mem` was created CL_MEM_READ_ONLY (kernels cannot write it).
   bool IsReadOnly(uint64_t mem) const;
 
+  // Whether a live program came from a binary: such a session can only be
+  // replayed on a device that accepts that binary.
+  bool HasBinaryPrograms() const;
+
   size_t entry_count() const { return entries_.size(); }
   uint64_t encoded_bytes() const;
   size_t live_objects() const;

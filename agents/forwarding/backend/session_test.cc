@@ -341,3 +341,49 @@ TEST(SessionTest, ANonBlockingWriteBehindAUserEventReturnsAtOnce) {
 
 }  // namespace
 }  // namespace vgpu::forwarding::backend
+
+namespace vgpu::forwarding::backend {
+namespace {
+
+// A session whose live program came from a binary requires that device.
+TEST(SessionTest, AProgramFromABinaryTiesTheSessionToItsDevice) {
+  auto a = InProcessSession::Start(1);
+  ASSERT_TRUE(a.ok());
+  auto g = (*a)->Connect("vm1");
+  auto v = VectorAdd::Build(**g, 64);
+  ASSERT_TRUE(v.ok());
+  EXPECT_TRUE((*a)->session().required_features().empty());
+  auto bin = (*g)->Call([&](proto::Request::Builder b) {
+    auto i = b.initGetInfo();
+    i.setKind(proto::InfoKind::PROGRAM);
+    i.setId(v->program);
+    i.setParam(CL_PROGRAM_BINARIES);
+  });
+  ASSERT_TRUE(bin.ok());
+  ASSERT_EQ(bin->code(), CL_SUCCESS);
+  auto info = bin->reply.root().getInfo();
+  ASSERT_GT(info.size(), 0u);
+  const uint64_t p = (*g)->NewId();
+  auto r = (*g)->Call([&](proto::Request::Builder b) {
+    auto c = b.initCreateProgramWithBinary();
+    c.setId(p);
+    c.setContext(v->context);
+    c.initDevices(1).set(0, 0x200);
+    c.initBinaries(1).set(0, info);
+  });
+  ASSERT_EQ(r->code(), CL_SUCCESS) << r->reply.root().getMessage().cStr();
+  const auto req = (*a)->session().required_features();
+  ASSERT_EQ(req.size(), 1u);
+  EXPECT_EQ(req[0], "cl-binary:" + (*a)->session().executor().device_name());
+  // Released, the binary no longer binds the session.
+  r = (*g)->Call([&](proto::Request::Builder b) {
+    auto rel = b.initRelease();
+    rel.setKind(proto::ObjKind::PROGRAM);
+    rel.setId(p);
+  });
+  ASSERT_EQ(r->code(), CL_SUCCESS);
+  EXPECT_TRUE((*a)->session().required_features().empty());
+}
+
+}  // namespace
+}  // namespace vgpu::forwarding::backend

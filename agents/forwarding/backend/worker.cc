@@ -128,6 +128,9 @@ void FillInfo(Session& session, const WorkerOptions& o,
   out.setDevice(session.executor().device_name());
   out.setPid(getpid());
   out.setMemoryLimit(o.memory_limit);
+  const std::vector<std::string> req = session.required_features();
+  auto rl = out.initRequiredFeatures(static_cast<unsigned>(req.size()));
+  for (size_t i = 0; i < req.size(); ++i) rl.set(i, req[i]);
 }
 
 }  // namespace
