@@ -9,7 +9,9 @@
 #include <cstdio>
 #include <cstring>
 
+#include <cctype>
 #include <climits>
+#include <optional>
 #include <cstdlib>
 #include <string>
 
@@ -27,6 +29,25 @@ std::string Self() {
   const ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
   if (n <= 0) return "";
   return std::string(buf, static_cast<size_t>(n));
+}
+
+// "4096", "64K", "4G" -> bytes (binary suffixes).
+std::optional<uint64_t> ParseSize(const std::string& text) {
+  if (text.empty()) return std::nullopt;
+  size_t digits = 0;
+  while (digits < text.size() && std::isdigit(static_cast<unsigned char>(text[digits]))) {
+    ++digits;
+  }
+  if (digits == 0 || digits > 15) return std::nullopt;
+  uint64_t v = std::stoull(text.substr(0, digits));
+  const std::string suffix = text.substr(digits);
+  int shift = 0;
+  if (suffix == "K") shift = 10;
+  else if (suffix == "M") shift = 20;
+  else if (suffix == "G") shift = 30;
+  else if (suffix == "T") shift = 40;
+  else if (!suffix.empty()) return std::nullopt;
+  return v << shift;
 }
 
 int ListSessions(const std::string& control, bool json) {
@@ -100,10 +121,15 @@ int main(int argc, char** argv) {
   app.add_option("--run-dir", so.run_dir,
                  "folder for the session workers' control sockets")
       ->capture_default_str();
-  app.add_option("--memory-limit", so.memory_limit,
-                 "device memory per session in bytes (buffers and images); "
-                 "0: no limit")
-      ->capture_default_str();
+  std::string memory_limit = "0";
+  app.add_option("--memory-limit", memory_limit,
+                 "device memory per session (buffers and images): bytes or "
+                 "with a K/M/G/T suffix (4G); 0: no limit")
+      ->capture_default_str()
+      ->check([](const std::string& v) {
+        return ParseSize(v).has_value() ? std::string()
+                                        : "expected bytes, e.g. 4096 or 4G";
+      });
   app.add_option("--max-sessions", so.max_sessions,
                  "sessions served at once")
       ->capture_default_str();
@@ -151,6 +177,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
+  so.memory_limit = *ParseSize(memory_limit);
   if (sessions->parsed()) return ListSessions(list_control, list_json);
   if (checkpoint->parsed()) {
     auto st = vgpu::forwarding::backend::CheckpointToFile(session_control,
