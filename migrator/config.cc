@@ -255,6 +255,11 @@ absl::Status ParseTop(const json& j, Config* c) {
     r.String("vendor", &c->forwarding_vendor);
     r.String("architecture", &c->forwarding_architecture);
     r.String("device", &c->forwarding_device);
+    int ms = static_cast<int>(c->forwarding_poll_ms);
+    if (r.Int("poll_ms", &ms) && (ms < 100 || ms > 600000)) {
+      r.Fail(r.Path("poll_ms"), absl::StrCat(ms, " is outside 100..600000"));
+    }
+    c->forwarding_poll_ms = static_cast<uint32_t>(ms);
     ReadSize(r, "memory", &c->forwarding_memory_bytes);
     r.Finish();
   }

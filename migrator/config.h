@@ -83,6 +83,7 @@ struct Config {
   std::string forwarding_architecture = "cpu";
   uint64_t forwarding_memory_bytes = 0;
   std::string forwarding_device;  // CL_DEVICE_NAME of the backend's device
+  uint32_t forwarding_poll_ms = 1000;  // how often sessions are looked at
   // libvirt: a read-only connection whose domains with vGPUs vgpud
   // registers, polled every libvirt_poll_ms (empty uri: off).
   std::string libvirt_uri;

@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "migrator/internal/rpc_link.h"
+#include "migrator/forwarding_backend.h"
 #include "migrator/libvirt_inventory.h"
 #include "migrator/internal/rpc_util.h"
 #include "migrator/schema/control.capnp.h"
@@ -244,6 +245,16 @@ class DaemonImpl : public Daemon {
           [this](const std::string& line) { Log(line); });
     }
 
+    if (!config_.forwarding_control.empty()) {
+      // Forwarded sessions become VMs here, under the VM their library
+      // names.
+      forwarding_ = NewForwardingWatcher(
+          config_.forwarding_control,
+          absl::Milliseconds(config_.forwarding_poll_ms), &inventory_,
+          [this](const VmEntry& vm) { return Describable(vm); },
+          [this](const std::string& line) { Log(line); });
+    }
+
     auto control = ListenUnix(config_.control_socket);
     if (!control.ok()) return control.status();
     control_fd_ = *control;
@@ -401,6 +412,7 @@ class DaemonImpl : public Daemon {
   LogFn log_;
   Inventory inventory_;
   std::unique_ptr<LibvirtWatcher> libvirt_;
+  std::unique_ptr<InventoryWatcher> forwarding_;
   JobTable jobs_;
   IncomingRegistry incoming_;
   std::unique_ptr<store::Store> store_;

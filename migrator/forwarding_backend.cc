@@ -1,5 +1,7 @@
 #include "migrator/forwarding_backend.h"
 
+#include <map>
+
 #include "absl/strings/str_cat.h"
 #include "agents/forwarding/backend/control_client.h"
 #include "agents/forwarding/backend/forwarding_agent.h"
@@ -115,7 +117,50 @@ class ForwardingBackend : public StrategyBackend {
   const std::string name_ = "apiForwarding";
 };
 
+// The supervisor's session list as VMs.
+class SessionSource : public VmSource {
+ public:
+  explicit SessionSource(std::string control) : control_(std::move(control)) {}
+  absl::StatusOr<std::vector<VmEntry>> Scan() override {
+    auto c = ControlClient::Connect(control_, absl::Seconds(2));
+    if (!c.ok()) return c.status();
+    auto list = (*c)->ListSessions();
+    if (!list.ok()) return list.status();
+    std::map<std::string, VmEntry> vms;
+    for (const auto& s : *list) {
+      auto r = s.root();
+      // A worker vgpud made for an arrival has no guest yet: the incoming
+      // job registers it when it confirms.
+      if (!r.getAttached() && r.getCalls() == 0 && r.getLogEntries() == 0) {
+        continue;
+      }
+      const std::string vm = r.getGuest().getVm();
+      if (vm.empty()) continue;
+      VmEntry& e = vms[vm];
+      e.name = vm;
+      e.devices.push_back(VmDevice{"apiForwarding", r.getControl(), false});
+    }
+    std::vector<VmEntry> out;
+    for (auto& [name, e] : vms) out.push_back(std::move(e));
+    return out;
+  }
+
+ private:
+  std::string control_;
+};
+
 }  // namespace
+
+std::unique_ptr<InventoryWatcher> NewForwardingWatcher(
+    const std::string& control, absl::Duration interval, Inventory* inventory,
+    InventoryWatcher::AcceptFn accept, InventoryWatcher::LogFn log) {
+  return std::make_unique<InventoryWatcher>(
+      WatcherWords{"cl-backend", "session"},
+      [control]() -> absl::StatusOr<std::unique_ptr<VmSource>> {
+        return std::unique_ptr<VmSource>(new SessionSource(control));
+      },
+      interval, inventory, std::move(accept), std::move(log));
+}
 
 std::unique_ptr<StrategyBackend> NewForwardingBackend(
     const ForwardingOptions& options) {

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "migrator/backend.h"
+#include "migrator/libvirt_inventory.h"
 
 namespace vgpu::migrator {
 
@@ -31,6 +32,14 @@ struct ForwardingOptions {
 
 std::unique_ptr<StrategyBackend> NewForwardingBackend(
     const ForwardingOptions& options);
+
+// Registers the backend's sessions with vgpud as they come and go: each
+// VM a session names (the guest library's VGPU_VM) becomes a VM with one
+// apiForwarding device per session, its endpoint the session's control
+// address. Polls the supervisor at `control` every `interval`.
+std::unique_ptr<InventoryWatcher> NewForwardingWatcher(
+    const std::string& control, absl::Duration interval, Inventory* inventory,
+    InventoryWatcher::AcceptFn accept, InventoryWatcher::LogFn log);
 
 }  // namespace vgpu::migrator
 

@@ -147,17 +147,19 @@ absl::Status LibvirtSource::SetVgpuMetadata(const std::string& domain,
   return s;
 }
 
-LibvirtWatcher::LibvirtWatcher(std::string uri, absl::Duration interval,
-                               Inventory* inventory, AcceptFn accept,
-                               LogFn log)
-    : uri_(std::move(uri)),
+InventoryWatcher::InventoryWatcher(WatcherWords words, OpenFn open,
+                                   absl::Duration interval,
+                                   Inventory* inventory, AcceptFn accept,
+                                   LogFn log)
+    : words_(std::move(words)),
+      open_(std::move(open)),
       interval_(interval),
       inventory_(inventory),
       accept_(std::move(accept)),
       log_(std::move(log)),
       thread_([this] { Run(); }) {}
 
-LibvirtWatcher::~LibvirtWatcher() {
+InventoryWatcher::~InventoryWatcher() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
@@ -166,7 +168,7 @@ LibvirtWatcher::~LibvirtWatcher() {
   thread_.join();
 }
 
-void LibvirtWatcher::Run() {
+void InventoryWatcher::Run() {
   std::unique_lock<std::mutex> lock(mu_);
   while (!stop_) {
     lock.unlock();
@@ -177,28 +179,47 @@ void LibvirtWatcher::Run() {
   }
 }
 
-void LibvirtWatcher::Reconnect() {
+void InventoryWatcher::Reconnect() {
   std::lock_guard<std::mutex> guard(sync_mu_);
   source_.reset();
 }
 
-absl::Status LibvirtWatcher::SyncOnce() {
+namespace {
+InventoryWatcher::OpenFn LibvirtOpener(std::string uri,
+                                       InventoryWatcher::LogFn log) {
+  return [uri, log]() -> absl::StatusOr<std::unique_ptr<VmSource>> {
+    auto opened = LibvirtSource::Open(uri);
+    if (!opened.ok()) return opened.status();
+    log(absl::StrCat("libvirt: watching the domains of ", uri));
+    return std::unique_ptr<VmSource>(std::move(*opened));
+  };
+}
+}  // namespace
+
+// `log` is copied, not moved: the opener keeps a copy of its own.
+LibvirtWatcher::LibvirtWatcher(std::string uri, absl::Duration interval,
+                               Inventory* inventory, AcceptFn accept,
+                               LogFn log)
+    : InventoryWatcher({"libvirt", "domain"}, LibvirtOpener(uri, log),
+                       interval, inventory, std::move(accept), log) {}
+
+absl::Status InventoryWatcher::SyncOnce() {
   std::lock_guard<std::mutex> guard(sync_mu_);
+  const std::string& src = words_.source;
   if (source_ == nullptr) {
-    auto opened = LibvirtSource::Open(uri_);
+    auto opened = open_();
     if (!opened.ok()) {
       const std::string why(opened.status().message());
-      if (why != last_error_) log_(absl::StrCat("libvirt: ", why));
+      if (why != last_error_) log_(absl::StrCat(src, ": ", why));
       last_error_ = why;
       return opened.status();
     }
     source_ = std::move(*opened);
-    log_(absl::StrCat("libvirt: watching the domains of ", uri_));
     last_error_.clear();
   }
   auto scan = source_->Scan();
   if (!scan.ok()) {
-    log_(absl::StrCat("libvirt: ", scan.status().message(),
+    log_(absl::StrCat(src, ": ", scan.status().message(),
                       "; reconnecting on the next pass"));
     source_.reset();  // the daemon may have restarted
     return scan.status();
@@ -224,8 +245,8 @@ absl::Status LibvirtWatcher::SyncOnce() {
     if (absl::Status a = accept_(vm); !a.ok()) {
       const std::string key = absl::StrCat(vm.name, ":", a.message());
       if (!refused_.count(key)) {
-        log_(absl::StrCat("libvirt: domain ", vm.name, " not registered: ",
-                          a.message()));
+        log_(absl::StrCat(src, ": ", words_.thing, " ", vm.name,
+                          " not registered: ", a.message()));
         refused_.insert(key);
       }
       continue;
@@ -237,8 +258,9 @@ absl::Status LibvirtWatcher::SyncOnce() {
       continue;  // a job took it meanwhile; the next pass sees
     }
     ours_.insert(name);
-    log_(absl::StrFormat("libvirt: vm=%s %s from its domain, %d vGPU(s)",
-                         name, update ? "updated" : "registered", count));
+    log_(absl::StrFormat("%s: vm=%s %s from its %s, %d vGPU(s)", src, name,
+                         update ? "updated" : "registered", words_.thing,
+                         count));
   }
   for (auto it = left_.begin(); it != left_.end();) {
     it = seen.count(*it) ? std::next(it) : left_.erase(it);
@@ -254,8 +276,8 @@ absl::Status LibvirtWatcher::SyncOnce() {
       continue;
     }
     if (existing.ok() && inventory_->Unregister(*it).ok()) {
-      log_(absl::StrCat("libvirt: vm=", *it,
-                        " unregistered: its domain is gone"));
+      log_(absl::StrCat(src, ": vm=", *it, " unregistered: its ",
+                        words_.thing, " is gone"));
     }
     it = ours_.erase(it);
   }

@@ -31,15 +31,22 @@ namespace vgpu::migrator {
 // domain has no vGPUs. INVALID_ARGUMENT for XML that does not read.
 absl::StatusOr<VmEntry> VmFromDomainXml(const std::string& xml);
 
+// Where an InventoryWatcher learns VMs from: every VM it sees now.
+class VmSource {
+ public:
+  virtual ~VmSource() = default;
+  virtual absl::StatusOr<std::vector<VmEntry>> Scan() = 0;
+};
+
 // A libvirt connection, read-only unless asked otherwise. Used from one
 // thread at a time.
-class LibvirtSource {
+class LibvirtSource : public VmSource {
  public:
   static absl::StatusOr<std::unique_ptr<LibvirtSource>> Open(
       const std::string& uri, bool read_only = true);
   ~LibvirtSource();
   // Every domain (running or not) that has vGPUs.
-  absl::StatusOr<std::vector<VmEntry>> Scan();
+  absl::StatusOr<std::vector<VmEntry>> Scan() override;
   // Sets a domain's vgpu-migrate metadata element (hook/domain_xml.h's
   // MetadataElement), live and in its persistent definition. Needs a
   // read-write connection; NOT_FOUND for an unknown domain.
@@ -52,40 +59,59 @@ class LibvirtSource {
   std::unique_ptr<Impl> impl_;
 };
 
-// Brings `inventory` in line with libvirt every `interval`, on a thread of
-// its own, until destroyed. `accept` vets a VM's devices before it is
-// registered (vgpud describes each through its backend); `log` gets one
+// How a watcher names its source in log lines: "libvirt" and "domain", or
+// "cl-backend" and "session".
+struct WatcherWords {
+  std::string source;
+  std::string thing;
+};
+
+// Brings `inventory` in line with a VmSource every `interval`, on a thread
+// of its own, until destroyed: VMs that appear are registered, VMs that
+// change are updated, VMs that go are unregistered; VMs vgpud moved away
+// are left alone while the source still shows them. `open` (re)opens the
+// source, after a failed scan too. `accept` vets a VM's devices before it
+// is registered (vgpud describes each through its backend); `log` gets one
 // line per change.
-class LibvirtWatcher {
+class InventoryWatcher {
  public:
+  using OpenFn = std::function<absl::StatusOr<std::unique_ptr<VmSource>>()>;
   using AcceptFn = std::function<absl::Status(const VmEntry&)>;
   using LogFn = std::function<void(const std::string&)>;
-  LibvirtWatcher(std::string uri, absl::Duration interval,
-                 Inventory* inventory, AcceptFn accept, LogFn log);
-  ~LibvirtWatcher();
+  InventoryWatcher(WatcherWords words, OpenFn open, absl::Duration interval,
+                   Inventory* inventory, AcceptFn accept, LogFn log);
+  virtual ~InventoryWatcher();
   // One pass now (also what the thread runs); returns the scan's status.
   absl::Status SyncOnce();
-  // Drops the connection; the next pass opens a new one (as after libvirtd
+  // Drops the source; the next pass opens a new one (as after the source
   // restarted).
   void Reconnect();
 
  private:
   void Run();
-  std::string uri_;
+  WatcherWords words_;
+  OpenFn open_;
   absl::Duration interval_;
   Inventory* inventory_;
   AcceptFn accept_;
   LogFn log_;
-  std::unique_ptr<LibvirtSource> source_;
+  std::unique_ptr<VmSource> source_;
   std::mutex sync_mu_;  // one pass at a time
   std::set<std::string> ours_;  // VMs this watcher registered
-  std::set<std::string> left_;  // moved away by vgpud; domain still here
+  std::set<std::string> left_;  // moved away by vgpud; still at the source
   std::set<std::string> refused_;  // "vm:why" already logged
   std::string last_error_;
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false;
   std::thread thread_;
+};
+
+// The watcher of libvirt's domains (read-only connection to `uri`).
+class LibvirtWatcher : public InventoryWatcher {
+ public:
+  LibvirtWatcher(std::string uri, absl::Duration interval,
+                 Inventory* inventory, AcceptFn accept, LogFn log);
 };
 
 }  // namespace vgpu::migrator

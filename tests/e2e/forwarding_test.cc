@@ -229,10 +229,19 @@ TEST_F(ForwardingTest, LiveMigrationByVgpudInTheMiddleOfARun) {
   auto before = SessionOf(0, "vmcl");
   ASSERT_TRUE(before.ok()) << before.status();
   const uint64_t id = before->root().getSession();
-  ASSERT_TRUE(c_->RegisterDevices(0, "vmcl",
-                                  {absl::StrCat("apiForwarding:",
-                                                before->root().getControl().cStr())})
-                  .ok());
+  // vgpud registers the session by itself, under the VM its library named.
+  bool registered = false;
+  for (int i = 0; i < 100 && !registered; ++i) {
+    auto vms = c_->List(0);
+    ASSERT_TRUE(vms.ok());
+    for (const VmView& v : *vms) {
+      registered |= v.name == "vmcl" && v.strategies.size() == 1 &&
+                    v.strategies[0] == "apiForwarding" &&
+                    v.endpoints[0] == std::string(before->root().getControl());
+    }
+    if (!registered) absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_TRUE(registered) << "vgpud did not pick up the session";
   auto check = c_->Check(0, "vmcl", 1);
   ASSERT_TRUE(check.ok()) << check.status();
   auto job = c_->MigrateAndWait(0, "vmcl", 1);
