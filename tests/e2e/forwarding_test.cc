@@ -325,6 +325,46 @@ TEST_F(ForwardingTest, AKilledWorkerFailsItsSessionAndSparesTheOthers) {
   EXPECT_EQ(Digests(ReadFile(calm_log)), native);
 }
 
+// A kernel that runs past the backend's call limit ends its session (the
+// runtime cannot cancel it); the guest gets a CL error, the backend goes on.
+TEST_F(ForwardingTest, ACallPastTheLimitEndsItsSessionOnly) {
+  const std::string dir = c_->Dir() + "/limited";
+  mkdir(dir.c_str(), 0755);
+  const std::string guests = "unix:" + dir + "/cl.sock";
+  auto backend = c_->SpawnOnHost(
+      0,
+      {Cluster::Runfile("agents/forwarding/backend/vgpu-cl-backend"),
+       "--listen", guests, "--control", "unix:" + dir + "/clc.sock",
+       "--run-dir", dir + "/run", "--call-limit", "1"},
+      {}, dir + "/backend.log");
+  ASSERT_TRUE(backend.ok());
+  ASSERT_TRUE(WaitForText(dir + "/backend.log", "guests on", absl::Seconds(10)));
+  const std::string log = dir + "/app.log";
+  auto app = c_->SpawnOnHost(
+      0, {Cluster::Runfile(kSamples), "--size", "8192", "mandelbrot"},
+      {"OCL_ICD_VENDORS=" + icd_, "VGPU_CL_BACKEND=" + guests, "VGPU_VM=vm-long",
+       "VGPU_CL_RECONNECT_MS=1500"},
+      log);
+  ASSERT_TRUE(app.ok());
+  const absl::Time t0 = absl::Now();
+  EXPECT_EQ(WaitExit(*app, absl::Seconds(30)), 1) << ReadFile(log);
+  EXPECT_LT(absl::Now() - t0, absl::Seconds(15));
+  EXPECT_TRUE(absl::StrContains(ReadFile(log), "CL_OUT_OF_RESOURCES"))
+      << ReadFile(log);
+  EXPECT_TRUE(absl::StrContains(ReadFile(dir + "/backend.log"),
+                                "past the limit of 1s"))
+      << ReadFile(dir + "/backend.log");
+  // The backend still serves: a short program runs through it.
+  const std::string ok_log = dir + "/ok.log";
+  auto ok = c_->SpawnOnHost(
+      0, {Cluster::Runfile(kSamples), "vector_add"},
+      {"OCL_ICD_VENDORS=" + icd_, "VGPU_CL_BACKEND=" + guests, "VGPU_VM=vm-ok"},
+      ok_log);
+  ASSERT_TRUE(ok.ok());
+  EXPECT_EQ(WaitExit(*ok, absl::Seconds(30)), 0) << ReadFile(ok_log);
+  EXPECT_EQ(Digests(ReadFile(ok_log)), Native("vector_add"));
+}
+
 TEST_F(ForwardingTest, ALibraryOfAnotherAbiIsRefusedWithTheReason) {
   auto stream = forwarding::Dial(guests_[0], absl::Seconds(5));
   ASSERT_TRUE(stream.ok()) << stream.status();

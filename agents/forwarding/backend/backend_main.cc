@@ -133,6 +133,12 @@ int main(int argc, char** argv) {
   app.add_option("--max-sessions", so.max_sessions,
                  "sessions served at once")
       ->capture_default_str();
+  double call_limit_s = 0;
+  app.add_option("--call-limit", call_limit_s,
+                 "seconds one call may run (a kernel that never ends) before "
+                 "its session is ended; 0: no limit")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   app.add_flag("--quiet", so.quiet, "do not print the listening addresses");
 
   // Internal: how the supervisor starts a session's worker.
@@ -144,6 +150,7 @@ int main(int argc, char** argv) {
   worker->add_option("--guest-address", wo.guest_address);
   worker->add_option("--memory-limit", wo.memory_limit);
   worker->add_flag("--target", wo.target);
+  worker->add_option("--call-limit-ms", wo.call_limit_ms);
   std::string list_control = so.control_address;
   bool list_json = false;
   CLI::App* sessions = app.add_subcommand(
@@ -178,6 +185,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   so.memory_limit = *ParseSize(memory_limit);
+  so.call_limit_ms = static_cast<uint64_t>(call_limit_s * 1000);
   if (sessions->parsed()) return ListSessions(list_control, list_json);
   if (checkpoint->parsed()) {
     auto st = vgpu::forwarding::backend::CheckpointToFile(session_control,

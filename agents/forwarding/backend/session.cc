@@ -261,18 +261,28 @@ void Session::WaitDetached() {
   cv_.wait(l, [&] { return handed_off_ || (ever_attached_ && !conn_); });
 }
 
-bool Session::EnterCall() {
+uint64_t Session::EnterCall() {
   std::unique_lock<std::mutex> l(mu_);
   cv_.wait(l, [&] { return !frozen_ || handed_off_; });
-  if (handed_off_) return false;
+  if (handed_off_) return 0;
   ++in_flight_;
-  return true;
+  const uint64_t token = next_call_++;
+  started_[token] = absl::Now();
+  return token;
 }
 
-void Session::LeaveCall() {
+void Session::LeaveCall(uint64_t token) {
   std::lock_guard<std::mutex> l(mu_);
   --in_flight_;
+  started_.erase(token);
   cv_.notify_all();
+}
+
+absl::Duration Session::LongestCall() const {
+  std::lock_guard<std::mutex> l(mu_);
+  if (started_.empty()) return absl::ZeroDuration();
+  // Tokens grow with time: the first entry is the oldest call.
+  return absl::Now() - started_.begin()->second;
 }
 
 void Session::ReadLoop(std::shared_ptr<Connection> conn) {
@@ -310,27 +320,28 @@ void Session::ReadLoop(std::shared_ptr<Connection> conn) {
       }
       continue;
     }
-    if (!EnterCall()) break;
+    const uint64_t token = EnterCall();
+    if (token == 0) break;
     if (!MayBlock(r)) {
-      RunCall(conn, request, payload);
+      RunCall(conn, request, payload, token);
       continue;
     }
     // The payload must leave the stream before the next frame is read.
     std::vector<uint8_t> bytes;
     if (payload > 0) {
       if (payload > (1ull << 32)) {
-        LeaveCall();
+        LeaveCall(token);
         break;
       }
       bytes.resize(payload);
       if (!conn->stream->ReadFull(bytes.data(), bytes.size()).ok()) {
-        LeaveCall();
+        LeaveCall(token);
         break;
       }
     }
     auto held = std::make_shared<std::vector<uint8_t>>(std::move(bytes));
     std::lock_guard<std::mutex> l(mu_);
-    SpawnLocked([this, conn, request, held] {
+    SpawnLocked([this, conn, request, held, token] {
       MemoryPayload p(std::move(*held));
       capnp::MallocMessageBuilder reply_msg;
       Reply::Builder reply = reply_msg.initRoot<Reply>();
@@ -349,7 +360,7 @@ void Session::ReadLoop(std::shared_ptr<Connection> conn) {
       }
       if (s.ok() && !sent) s = conn->Send(reply_msg);
       calls_.fetch_add(1);
-      LeaveCall();
+      LeaveCall(token);
       if (!s.ok()) conn->Close();
     });
   }
@@ -361,7 +372,7 @@ void Session::ReadLoop(std::shared_ptr<Connection> conn) {
 
 void Session::RunCall(std::shared_ptr<Connection> conn,
                       std::shared_ptr<codec::Message<Request>> request,
-                      uint64_t payload_bytes) {
+                      uint64_t payload_bytes, uint64_t token) {
   StreamPayload p(conn->stream.get(), payload_bytes);
   capnp::MallocMessageBuilder reply_msg;
   Reply::Builder reply = reply_msg.initRoot<Reply>();
@@ -380,7 +391,7 @@ void Session::RunCall(std::shared_ptr<Connection> conn,
   }
   if (s.ok() && !sent) s = conn->Send(reply_msg);
   calls_.fetch_add(1);
-  LeaveCall();
+  LeaveCall(token);
   if (!s.ok()) conn->Close();
 }
 

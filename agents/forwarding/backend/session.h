@@ -19,6 +19,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -28,6 +29,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "agents/forwarding/backend/session_log.h"
 #include "agents/forwarding/executor/executor.h"
 #include "agents/forwarding/protocol.capnp.h"
@@ -125,6 +128,10 @@ class Session {
   std::vector<std::string> required_features() const;
   uint64_t memory_bytes() const { return exec_->memory_bytes(); }
   uint64_t calls() const { return calls_.load(); }
+  // How long the oldest call still running has been running (zero when
+  // none is): the worker's watchdog ends a session whose call runs past
+  // its limit (a kernel that never ends).
+  absl::Duration LongestCall() const;
   executor::Executor& executor() { return *exec_; }
 
  private:
@@ -132,13 +139,14 @@ class Session {
   void ReadLoop(std::shared_ptr<Connection> conn);
   void RunCall(std::shared_ptr<Connection> conn,
                std::shared_ptr<codec::Message<proto::Request>> request,
-               uint64_t payload_bytes);
+               uint64_t payload_bytes, uint64_t token);
   void MarkDirty(proto::Request::Reader r);
   void Notify(uint64_t cookie, int32_t status);
-  // Waits until calls may run, then counts one in.
-  bool EnterCall();
+  // Waits until calls may run, then counts one in; 0 when the session is
+  // over. The token ends the call in LeaveCall.
+  uint64_t EnterCall();
   void SpawnLocked(std::function<void()> fn);
-  void LeaveCall();
+  void LeaveCall(uint64_t token);
 
   SessionIdentity identity_;  // guarded by mu_ (Activate adopts another)
   std::unique_ptr<executor::Executor> exec_;
@@ -150,6 +158,8 @@ class Session {
   bool activated_ = false;  // a restored session waiting for its guest
   bool ever_attached_ = false;
   int in_flight_ = 0;
+  uint64_t next_call_ = 1;
+  std::map<uint64_t, absl::Time> started_;  // calls in flight, by token
   GuestInfo guest_;
   SessionLog log_;
   std::set<uint64_t> dirty_;  // storage ids

@@ -387,3 +387,81 @@ TEST(SessionTest, AProgramFromABinaryTiesTheSessionToItsDevice) {
 
 }  // namespace
 }  // namespace vgpu::forwarding::backend
+
+namespace vgpu::forwarding::backend {
+namespace {
+
+// The watchdog's measure: the oldest call still running, here a clFinish
+// behind a long kernel.
+TEST(SessionTest, LongestCallMeasuresTheOldestCallInFlight) {
+  auto a = InProcessSession::Start(1);
+  ASSERT_TRUE(a.ok());
+  auto g = (*a)->Connect("vm1");
+  auto v = VectorAdd::Build(**g, 64);
+  ASSERT_TRUE(v.ok());
+  EXPECT_EQ((*a)->session().LongestCall(), absl::ZeroDuration());
+  const uint64_t p = (*g)->NewId(), k = (*g)->NewId();
+  auto r = (*g)->Call([&](proto::Request::Builder b) {
+    auto c = b.initCreateProgramWithSource();
+    c.setId(p);
+    c.setContext(v->context);
+    c.initSources(1).set(0,
+                         "kernel void spin(global uint* o, uint n) {\n"
+                         "  uint x = get_global_id(0);\n"
+                         "  for (uint i = 0; i < n; ++i) x = x * 1103515245u + 12345u;\n"
+                         "  o[get_global_id(0)] = x;\n"
+                         "}\n");
+  });
+  ASSERT_EQ(r->code(), CL_SUCCESS);
+  r = (*g)->Call([&](proto::Request::Builder b) { b.initBuildProgram().setProgram(p); });
+  ASSERT_EQ(r->code(), CL_SUCCESS);
+  r = (*g)->Call([&](proto::Request::Builder b) {
+    auto c = b.initCreateKernel();
+    c.setId(k);
+    c.setProgram(p);
+    c.setName("spin");
+  });
+  ASSERT_EQ(r->code(), CL_SUCCESS);
+  r = (*g)->Call([&](proto::Request::Builder b) {
+    auto a0 = b.initSetKernelArg();
+    a0.setKernel(k);
+    a0.setSize(8);
+    a0.setMem(v->c);
+  });
+  ASSERT_EQ(r->code(), CL_SUCCESS);
+  const uint32_t n = 20000000;
+  r = (*g)->Call([&](proto::Request::Builder b) {
+    auto a1 = b.initSetKernelArg();
+    a1.setKernel(k);
+    a1.setIndex(1);
+    a1.setSize(4);
+    a1.setValue(kj::arrayPtr(reinterpret_cast<const capnp::byte*>(&n), 4));
+  });
+  ASSERT_EQ(r->code(), CL_SUCCESS);
+  r = (*g)->Call([&](proto::Request::Builder b) {
+    auto e = b.initEnqueue();
+    e.setQueue(v->queue);
+    auto nd = e.initNdRange();
+    nd.setKernel(k);
+    nd.initGlobalSize(1).set(0, 64);
+  });
+  ASSERT_EQ(r->code(), CL_SUCCESS);
+  auto finish = std::async(std::launch::async, [&] {
+    return (*g)->Call([&](proto::Request::Builder b) { b.setFinish(v->queue); });
+  });
+  absl::Duration seen = absl::ZeroDuration();
+  while (finish.wait_for(std::chrono::milliseconds(10)) !=
+         std::future_status::ready) {
+    seen = std::max(seen, (*a)->session().LongestCall());
+  }
+  ASSERT_EQ(finish.get()->code(), CL_SUCCESS);
+  EXPECT_GT(seen, absl::Milliseconds(100)) << "the kernel ran " << seen;
+  // The call ends just after its reply went out.
+  for (int i = 0; i < 100 && (*a)->session().LongestCall() != absl::ZeroDuration(); ++i) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_EQ((*a)->session().LongestCall(), absl::ZeroDuration());
+}
+
+}  // namespace
+}  // namespace vgpu::forwarding::backend

@@ -19,6 +19,8 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "agents/forwarding/backend/control.capnp.h"
 #include "agents/forwarding/backend/control_client.h"
 #include "agents/forwarding/backend/session.h"
@@ -309,6 +311,26 @@ int RunWorker(const WorkerOptions& o) {
     }
   });
   attach.detach();
+  if (o.call_limit_ms > 0) {
+    // The watchdog: the OpenCL runtime cannot cancel a running kernel, so
+    // a call past its limit ends the whole worker. Only this session is
+    // lost; its guest's calls fail with CL_OUT_OF_RESOURCES.
+    std::thread([&session, &o, who] {
+      const absl::Duration limit = absl::Milliseconds(o.call_limit_ms);
+      while (true) {
+        absl::SleepFor(absl::Milliseconds(100));
+        const absl::Duration d = session.LongestCall();
+        if (d > limit) {
+          Log(who.c_str(),
+              absl::StrCat("a call has run for ", absl::FormatDuration(d),
+                           ", past the limit of ", absl::FormatDuration(limit),
+                           ": ending the session"));
+          std::fflush(stderr);
+          _exit(3);
+        }
+      }
+    }).detach();
+  }
   session.WaitDetached();
   (*listener)->Close();
   std::fflush(stderr);
@@ -474,7 +496,8 @@ class Supervisor {
     std::vector<std::string> args = {
         o_.self, "worker", "--session", std::to_string(w.session),
         "--control", w.control, "--attach-fd", fd_arg, "--guest-address",
-        guest_address_, "--memory-limit", std::to_string(o_.memory_limit)};
+        guest_address_, "--memory-limit", std::to_string(o_.memory_limit),
+        "--call-limit-ms", std::to_string(o_.call_limit_ms)};
     if (target) args.push_back("--target");
     const std::string token_env =
         absl::StrCat("VGPU_CL_SESSION_TOKEN=", absl::BytesToHexString(w.token));

@@ -35,6 +35,9 @@ struct WorkerOptions {
   int attach_fd = -1;           // from the supervisor: hellos + guest fds
   uint64_t memory_limit = 0;
   bool target = false;          // created empty, for a restore
+  // A call (a kernel that never ends, a wait that never returns) running
+  // longer than this ends the session; 0: no limit.
+  uint64_t call_limit_ms = 0;
 };
 
 class Session;
@@ -55,6 +58,7 @@ struct SupervisorOptions {
   std::string self;             // this executable, to start workers
   uint64_t memory_limit = 0;    // per session
   uint32_t max_sessions = 64;
+  uint64_t call_limit_ms = 0;   // per call, for every worker; 0: none
   bool quiet = false;
 };
 
