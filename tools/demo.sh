@@ -23,7 +23,10 @@ bazel build --disk_cache="$HOME/.cache/vgpu-migrate/bazel-disk" \
   //migrator:vgpud //migrator:vgpu-migrate \
   //state-codecs/tools:vgpu-image //store/tools:vgpu-store \
   //agents/emulated:vgpu-emu-device //agents/emulated:vgpu-emu-workload \
-  //agents/mediated:vgpu-vfio-probe 2>&1 \
+  //agents/mediated:vgpu-vfio-probe \
+  //agents/forwarding/backend:vgpu-cl-backend \
+  //agents/forwarding/guest:libvgpu-opencl.so \
+  //agents/forwarding/samples:vgpu-cl-samples 2>&1 \
   | grep -E '^(INFO: Build|ERROR)' || true
 bin="$(bazel info bazel-bin 2>/dev/null)"
 vgpud="$bin/migrator/vgpud"
@@ -33,7 +36,11 @@ store_tool="$bin/store/tools/vgpu-store"
 device="$bin/agents/emulated/vgpu-emu-device"
 workload="$bin/agents/emulated/vgpu-emu-workload"
 probe="$bin/agents/mediated/vgpu-vfio-probe"
-for t in "$vgpud" "$migrate" "$tool" "$store_tool" "$device" "$workload" "$probe"; do
+clbackend="$bin/agents/forwarding/backend/vgpu-cl-backend"
+cllib="$bin/agents/forwarding/guest/libvgpu-opencl.so"
+clsamples="$bin/agents/forwarding/samples/vgpu-cl-samples"
+for t in "$vgpud" "$migrate" "$tool" "$store_tool" "$device" "$workload" "$probe" \
+    "$clbackend" "$clsamples"; do
   [ -x "$t" ] || { echo "demo: build failed ($t missing)" >&2; exit 1; }
 done
 
@@ -81,10 +88,12 @@ start_host() {  # name addr port peer peer_addr peer_port ns-prefix...
   shift 6
   mkdir -p "$work/$name"
   # Each host also has a reference mediated GPU: four REF-4C vGPU
-  # instances whose guests keep their contexts busy (16 MiB/s of VRAM).
+  # instances whose guests keep their contexts busy (16 MiB/s of VRAM),
+  # and an OpenCL forwarding backend (vgpu-cl-backend, started below).
   cat >"$work/$name/vgpud.json" <<JSON
 {"mediated": {"reference": {"type": "REF-4C", "instances": 4, "vram": "64M",
-                            "contexts": 4, "workload": "16M"}}}
+                            "contexts": 4, "workload": "16M"}},
+ "forwarding": {"control": "unix:$work/$name/clc.sock", "poll_ms": 500}}
 JSON
   "$@" "$vgpud" --config "$work/$name/vgpud.json" --host "$name" --listen "$addr:$port" \
     --control "$work/$name/control.sock" --store "$work/$name/store" \
@@ -170,6 +179,54 @@ for vm in json.load(sys.stdin):
     if vm["name"] == "vm2":
         for i, d in enumerate(vm["devices"]):
             print("gpu%d %s: %s" % (i, d["endpoint"], d["health"]))'
+
+step "API forwarding: vgpu-cl-backend on each host; vm3 runs an OpenCL program through libvgpu-opencl.so"
+# Guests reach a backend over TCP on its host's address (a unix socket when
+# not root). The program runs unmodified through the system's ICD loader.
+if [ "$netns" = 1 ]; then
+  cl1="tcp:$addr1:7400"; cl2="tcp:$addr2:7400"
+else
+  cl1="unix:$work/host1/cl.sock"; cl2="unix:$work/host2/cl.sock"
+fi
+"${in1[@]}" "$clbackend" --listen "$cl1" --control "unix:$work/host1/clc.sock" \
+  --run-dir "$work/host1/cl" --memory-limit 1G >"$work/host1/cl.log" 2>&1 &
+pids+=($!)
+"${in2[@]}" "$clbackend" --listen "$cl2" --control "unix:$work/host2/clc.sock" \
+  --run-dir "$work/host2/cl" --memory-limit 1G >"$work/host2/cl.log" 2>&1 &
+pids+=($!)
+sleep 0.5
+head -1 "$work/host1/cl.log"; head -1 "$work/host2/cl.log"
+agents/forwarding/guest/install_icd.sh "$work/icd" "$cllib" >/dev/null
+native="$(env -u OCL_ICD_VENDORS "$clsamples" vector_add reduction mandelbrot 2>/dev/null)"
+"${in1[@]}" env OCL_ICD_VENDORS="$work/icd" VGPU_CL_BACKEND="$cl1" VGPU_VM=vm3 \
+  "$clsamples" --pause-at 2 --pause-file "$work/vm3.go" vector_add reduction mandelbrot \
+  >"$work/vm3.out" 2>"$work/vm3.err" &
+app=$!
+for _ in $(seq 300); do grep -q PAUSED "$work/vm3.out" && break; sleep 0.1; done
+echo "vm3's program: $(grep PAUSED "$work/vm3.out") (paused in the middle, its buffers and kernels live on host1)"
+"$clbackend" sessions --control "unix:$work/host1/clc.sock"
+sleep 1
+"${h1[@]}" list
+
+step "vgpu-migrate --check --to host2 vm3, then live-migrate the running OpenCL session"
+"${h1[@]}" --check --to host2 vm3
+"${h1[@]}" --to host2 vm3
+echo "host2's backend now serves the session; host1's has none:"
+"$clbackend" sessions --control "unix:$work/host2/clc.sock"
+"$clbackend" sessions --control "unix:$work/host1/clc.sock"
+
+step "vm3's program carries on, reconnected to host2 by its library, and ends as it does natively"
+while kill -0 "$app" 2>/dev/null; do
+  [ -e "$work/vm3.go" ] || touch "$work/vm3.go"
+  sleep 0.05
+done
+grep SAMPLE "$work/vm3.out"
+if [ "$(grep SAMPLE "$work/vm3.out" | awk '{print $2, $4}')" = \
+     "$(echo "$native" | grep SAMPLE | awk '{print $2, $4}')" ]; then
+  echo "digests identical to the native run on PoCL"
+else
+  echo "digests DIFFER from the native run:"; echo "$native"
+fi
 
 step "the formats underneath: one vGPU's state as an image file"
 "$tool" sample --vram "$vram" "$work/vm1.vgi"
