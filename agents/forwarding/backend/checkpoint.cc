@@ -35,10 +35,17 @@ absl::StatusOr<CheckpointStats> CheckpointToFile(
   wo.zstd_level = zstd_level;
   auto writer = codec::ImageWriter::Create(sink->get(), m, wo);
   if (!writer.ok()) return writer.status();
-  // Freeze, save everything, and let the session run on whatever happens.
+  // A live round first: every object is read while the session runs (each
+  // piece holds its calls only briefly); then freeze and save what changed
+  // since, with the log. The session runs on whatever happens.
+  if (auto s = (*agent)->TransitionTo(State::kPreCopy); !s.ok()) return s;
+  if (auto s = (*agent)->Save(**writer, 0, 0); !s.ok()) {
+    (void)(*agent)->TransitionTo(State::kRunning);
+    return s;
+  }
   const absl::Time frozen = absl::Now();
   if (auto s = (*agent)->TransitionTo(State::kStopCopy); !s.ok()) return s;
-  absl::Status saved = (*agent)->Save(**writer, 0, 0);
+  absl::Status saved = (*agent)->Save(**writer, 0, 1);
   const double frozen_ms = absl::ToDoubleMilliseconds(absl::Now() - frozen);
   absl::Status resumed = (*agent)->TransitionTo(State::kRunning);
   if (!saved.ok()) return saved;

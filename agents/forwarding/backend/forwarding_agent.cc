@@ -207,12 +207,15 @@ class ForwardingAgent : public agents::Agent {
           kPageBytes, "-byte pages (at most ", kMaxObjectBytes,
           " bytes); this one is not"));
     }
-    std::vector<uint8_t> bytes(pages * kPageBytes);
-    auto got = reader.ReadSectionInto(absl::MakeSpan(bytes));
+    // Uninitialised: every byte is about to be overwritten, and clearing
+    // a large object first would double the work.
+    Staged bytes{std::unique_ptr<uint8_t[]>(new uint8_t[pages * kPageBytes]),
+                 pages * kPageBytes};
+    auto got = reader.ReadSectionInto(absl::MakeSpan(bytes.data.get(), bytes.size));
     if (!got.ok()) return got.status();
-    if (*got != bytes.size()) {
+    if (*got != bytes.size) {
       return absl::DataLossError(absl::StrCat("section '", name, "': ", *got,
-                                              " bytes where ", bytes.size(),
+                                              " bytes where ", bytes.size,
                                               " were declared"));
     }
     staged_[id] = std::move(bytes);  // a later round replaces an earlier one
@@ -278,14 +281,15 @@ class ForwardingAgent : public agents::Agent {
     for (const auto& [id, bytes] : staged_) {
       auto it = sizes.find(id);
       if (it == sizes.end()) continue;  // released after it was sent
-      if (Pages(it->second) * kPageBytes != bytes.size()) {
+      if (Pages(it->second) * kPageBytes != bytes.size) {
         return absl::FailedPreconditionError(absl::StrCat(
             "memory object ", id, " is ", it->second,
-            " bytes after the replay but its section holds ", bytes.size()));
+            " bytes after the replay but its section holds ", bytes.size));
       }
       for (uint64_t off = 0; off < it->second; off += kPiece) {
         const uint64_t n = std::min(kPiece, it->second - off);
-        s = control_->WriteMem(id, off, absl::MakeConstSpan(bytes.data() + off, n));
+        s = control_->WriteMem(id, off,
+                               absl::MakeConstSpan(bytes.data.get() + off, n));
         if (!s.ok()) return s;
       }
     }
@@ -321,7 +325,11 @@ class ForwardingAgent : public agents::Agent {
   bool log_sent_ = false;
   // destination
   std::string vm_;
-  std::map<uint64_t, std::vector<uint8_t>> staged_;
+  struct Staged {
+    std::unique_ptr<uint8_t[]> data;
+    uint64_t size = 0;
+  };
+  std::map<uint64_t, Staged> staged_;
   std::vector<uint8_t> log_;
 };
 

@@ -139,14 +139,17 @@ void FillInfo(Session& session, const WorkerOptions& o,
 
 bool ServeSessionControl(Stream& stream, Session& session,
                          const WorkerOptions& o) {
+  // Kept across requests: a restore writes a large object in many pieces,
+  // and fresh buffers would be cleared and faulted in for every one.
+  std::vector<uint8_t> out;  // reply payload
+  std::vector<uint8_t> in;   // request payload
   while (true) {
+    out.clear();
     uint64_t payload = 0;
     auto req = RecvFrame<ControlRequest>(stream, &payload);
     if (!req.ok()) return false;
     capnp::MallocMessageBuilder reply_msg;
     ControlReply::Builder reply = reply_msg.initRoot<ControlReply>();
-    std::vector<uint8_t> out;  // reply payload
-    std::vector<uint8_t> in;   // request payload
     absl::Status s;
     if (payload > (1ull << 34)) return false;
     in.resize(payload);
