@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/match.h"
@@ -184,10 +185,23 @@ absl::Status Stream::Write(const void* data, size_t n) {
 }
 
 absl::Status Stream::ReadFull(void* data, size_t n) {
+  // Reads this large go straight into the caller's memory.
+  constexpr size_t kDirect = 64 * 1024;
   char* p = static_cast<char*>(data);
-  size_t done = 0;
+  size_t done = std::min(n, rlen_ - rpos_);
+  if (done > 0) {
+    std::memcpy(p, rbuf_.data() + rpos_, done);
+    rpos_ += done;
+  }
   while (done < n) {
-    const ssize_t got = recv(fd_, p + done, n - done, MSG_WAITALL);
+    const size_t want = n - done;
+    ssize_t got;
+    if (want >= kDirect) {
+      got = recv(fd_, p + done, want, MSG_WAITALL);
+    } else {
+      if (rbuf_.size() < kDirect) rbuf_.resize(kDirect);
+      got = recv(fd_, rbuf_.data(), rbuf_.size(), 0);
+    }
     if (got < 0) {
       if (errno == EINTR) continue;
       return Errno(absl::StrCat("receive from ", peer_), errno);
@@ -200,7 +214,16 @@ absl::Status Stream::ReadFull(void* data, size_t n) {
                                               " closed ", done, " bytes into a ",
                                               n, "-byte read"));
     }
-    done += static_cast<size_t>(got);
+    if (want >= kDirect) {
+      done += static_cast<size_t>(got);
+      continue;
+    }
+    rpos_ = 0;
+    rlen_ = static_cast<size_t>(got);
+    const size_t take = std::min(want, rlen_);
+    std::memcpy(p + done, rbuf_.data(), take);
+    rpos_ = take;
+    done += take;
   }
   return absl::OkStatus();
 }

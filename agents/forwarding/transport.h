@@ -16,6 +16,7 @@
 #include <cstddef>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -36,7 +37,10 @@ class Stream {
   absl::Status WriteV(const iovec* iov, int count);
   absl::Status Write(const void* data, size_t n);
   // Reads exactly n bytes. A clean end of stream before the first byte is
-  // CANCELLED ("closed by peer"); one in the middle is DATA_LOSS.
+  // CANCELLED ("closed by peer"); one in the middle is DATA_LOSS. Small
+  // reads go through a buffer, so a frame's header and message usually
+  // arrive in one system call; large ones (bulk payloads) go straight into
+  // `data`.
   absl::Status ReadFull(void* data, size_t n);
   // Ends both directions; a thread blocked in ReadFull returns.
   void Shutdown();
@@ -44,11 +48,18 @@ class Stream {
   int fd() const { return fd_; }
   const std::string& peer() const { return peer_; }
   // Hands the descriptor over (to another process); the Stream is closed.
+  // Bytes already buffered would be lost: callers hand over only between
+  // exchanges (after a hello, before its reply).
   int Release();
+  // Bytes received but not yet read.
+  size_t buffered() const { return rlen_ - rpos_; }
 
  private:
   int fd_;
   std::string peer_;
+  std::vector<char> rbuf_;
+  size_t rpos_ = 0;
+  size_t rlen_ = 0;
 };
 
 bool IsClosedByPeer(const absl::Status& status);

@@ -100,8 +100,19 @@ absl::Status ReceiveGuest(int channel, int* guest_fd,
     return absl::DataLossError("bad hand-over message from the supervisor");
   }
   hello->resize(n);
-  Stream s(dup(channel), "supervisor");
-  return s.ReadFull(hello->data(), n);
+  // Exactly this message's bytes: the next hand-over may already be
+  // waiting behind them (so no buffered Stream here).
+  size_t done = 0;
+  while (done < n) {
+    const ssize_t r = recv(channel, hello->data() + done, n - done, MSG_WAITALL);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) {
+      close(*guest_fd);
+      return absl::DataLossError("supervisor channel cut inside a hand-over");
+    }
+    done += static_cast<size_t>(r);
+  }
+  return absl::OkStatus();
 }
 
 void FillInfo(Session& session, const WorkerOptions& o,
