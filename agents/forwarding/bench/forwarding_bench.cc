@@ -75,6 +75,7 @@
 #include "absl/time/time.h"
 #include "agents/forwarding/backend/checkpoint.h"
 #include "agents/forwarding/backend/control_client.h"
+#include "agents/forwarding/samples/mandelbrot_kernel.h"
 #include "nlohmann/json.hpp"
 
 extern char** environ;
@@ -671,25 +672,7 @@ void RunBulk(const std::vector<Platform>& ps, const Settings& s) {
 // ---------------------------------------------------------------- 3 kernel
 
 // The kernel of agents/forwarding/samples/mandelbrot.cc.
-constexpr char kMandelbrot[] = R"CL(
-__kernel void mandelbrot(__global uint* out, uint width, uint height,
-                         uint row0, uint max_iter) {
-  uint x = get_global_id(0);
-  uint y = get_global_id(1) + row0;
-  if (x >= width || y >= height) return;
-  float cr = -2.0f + 2.75f * (float)x / (float)width;
-  float ci = -1.25f + 2.5f * (float)y / (float)height;
-  float zr = 0.0f, zi = 0.0f;
-  uint i = 0;
-  while (i < max_iter && zr * zr + zi * zi <= 4.0f) {
-    float t = zr * zr - zi * zi + cr;
-    zi = 2.0f * zr * zi + ci;
-    zr = t;
-    ++i;
-  }
-  out[y * width + x] = i;
-}
-)CL";
+using vgpu::forwarding::samples::kMandelbrotSource;
 
 struct Mandel {
   std::vector<double> ms;
@@ -701,7 +684,7 @@ struct Mandel {
 Mandel RunMandel(const Platform& p, const Settings& s) {
   Mandel m;
   cl_int err = 0;
-  const char* src = kMandelbrot;
+  const char* src = kMandelbrotSource;
   auto t0 = Clock::now();
   cl_program prog = clCreateProgramWithSource(p.ctx, 1, &src, nullptr, &err);
   CL_OK(err);

@@ -37,6 +37,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "agents/forwarding/guest/client.h"
+#include "agents/forwarding/image_layout.h"
 #include "agents/forwarding/protocol.capnp.h"
 
 namespace vgpu::forwarding::guest {
@@ -437,60 +438,6 @@ cl_int ReleaseObj(ObjKind kind, void* h) {
   return code;
 }
 
-size_t PixelBytes(cl_uint order, cl_uint type) {
-  size_t channels = 0;
-  switch (order) {
-    case CL_R: case CL_A: case CL_INTENSITY: case CL_LUMINANCE:
-    case CL_DEPTH: case CL_Rx:
-      channels = 1; break;
-    case CL_RG: case CL_RA: case CL_RGx:
-      channels = 2; break;
-    case CL_RGB: case CL_sRGB: case CL_RGBx: case CL_sRGBx:
-      channels = 3; break;
-    case CL_RGBA: case CL_BGRA: case CL_ARGB: case CL_ABGR: case CL_sRGBA:
-    case CL_sBGRA:
-      channels = 4; break;
-    default:
-      return 0;
-  }
-  switch (type) {
-    case CL_SNORM_INT8: case CL_UNORM_INT8: case CL_SIGNED_INT8:
-    case CL_UNSIGNED_INT8:
-      return channels;
-    case CL_SNORM_INT16: case CL_UNORM_INT16: case CL_SIGNED_INT16:
-    case CL_UNSIGNED_INT16: case CL_HALF_FLOAT:
-      return channels * 2;
-    case CL_SIGNED_INT32: case CL_UNSIGNED_INT32: case CL_FLOAT:
-      return channels * 4;
-    case CL_UNORM_SHORT_565: case CL_UNORM_SHORT_555:
-      return 2;
-    case CL_UNORM_INT_101010: case CL_UNORM_INT24:
-      return 4;
-    default:
-      return 0;
-  }
-}
-
-// The bytes a host pointer spans for an image region with these pitches
-// (0: packed), as the native call touches them; the backend computes the
-// same for the payload.
-uint64_t ImageHostExtent(cl_mem_object_type type, size_t elem,
-                         const size_t region[3], size_t row_pitch,
-                         size_t slice_pitch) {
-  const size_t row = row_pitch ? row_pitch : elem * region[0];
-  size_t rows = region[1], layers = region[2];
-  size_t slice = slice_pitch;
-  if (type == CL_MEM_OBJECT_IMAGE1D_ARRAY) {
-    layers = region[1];
-    rows = 1;
-    if (!slice) slice = row;
-  } else if (!slice) {
-    slice = row * rows;
-  }
-  if (region[0] == 0 || rows == 0 || layers == 0) return 0;
-  return (layers - 1) * slice + (rows - 1) * row + elem * region[0];
-}
-
 void SetList(capnp::List<uint64_t>::Builder l, const size_t* v, size_t n) {
   for (size_t i = 0; i < n; ++i) l.set(i, v ? v[i] : 0);
 }
@@ -585,6 +532,8 @@ namespace proto = vgpu::forwarding::proto;
 
 namespace {
 using vgpu::forwarding::guest::Call;
+using vgpu::forwarding::ImageHostExtent;
+using vgpu::forwarding::PixelBytes;
 cl_platform_id FirstPlatform() {
   cl_platform_id p = nullptr;
   PlatformIds(1, &p, nullptr);

@@ -10,12 +10,12 @@
 #include <chrono>
 #include <vector>
 
+#include "agents/forwarding/samples/mandelbrot_kernel.h"
 #include "agents/forwarding/samples/sample.h"
 
 namespace vgpu::forwarding::samples {
-namespace {
 
-constexpr char kSource[] = R"CL(
+const char kMandelbrotSource[] = R"CL(
 __kernel void mandelbrot(__global uint* out, uint width, uint height,
                          uint row0, uint max_iter) {
   uint x = get_global_id(0);
@@ -34,6 +34,10 @@ __kernel void mandelbrot(__global uint* out, uint width, uint height,
   out[y * width + x] = i;
 }
 )CL";
+
+namespace {
+
+
 
 constexpr cl_uint kDefaultSize = 512;
 constexpr cl_uint kMaxIter = 256;
@@ -61,7 +65,7 @@ void RunMandelbrot(SampleRun& run) {
                            : kDefaultSize;
 
   // Step 1.
-  Program program(BuildProgram(ctx, run.device(), kSource));
+  Program program(BuildProgram(ctx, run.device(), kMandelbrotSource));
   Kernel k(CreateKernel(program.get(), "mandelbrot"));
   const size_t bytes = static_cast<size_t>(size) * size * sizeof(cl_uint);
   Mem out(CreateBuffer(ctx, CL_MEM_WRITE_ONLY, bytes));
