@@ -7,7 +7,7 @@
 // call runs outside it, so a clWaitForEvents on one thread never blocks a
 // clSetUserEventStatus on another.
 #include "agents/forwarding/executor/executor.h"
-#include "agents/forwarding/image_layout.h"
+#include "agents/forwarding/agreed.h"
 
 #include <algorithm>
 #include <cstring>
@@ -504,29 +504,6 @@ ObjKind KindOfInfo(InfoKind k) {
   return ObjKind::CONTEXT;
 }
 
-// Params whose value is one or more object handles (8 bytes each).
-bool IsHandleParam(InfoKind k, cl_uint p) {
-  switch (k) {
-    case InfoKind::DEVICE:
-      return p == CL_DEVICE_PLATFORM || p == CL_DEVICE_PARENT_DEVICE;
-    case InfoKind::CONTEXT: return p == CL_CONTEXT_DEVICES;
-    case InfoKind::QUEUE:
-      return p == CL_QUEUE_CONTEXT || p == CL_QUEUE_DEVICE ||
-             p == CL_QUEUE_DEVICE_DEFAULT;
-    case InfoKind::MEM:
-      return p == CL_MEM_CONTEXT || p == CL_MEM_ASSOCIATED_MEMOBJECT;
-    case InfoKind::IMAGE: return p == CL_IMAGE_BUFFER;
-    case InfoKind::SAMPLER: return p == CL_SAMPLER_CONTEXT;
-    case InfoKind::PROGRAM:
-      return p == CL_PROGRAM_CONTEXT || p == CL_PROGRAM_DEVICES;
-    case InfoKind::KERNEL:
-      return p == CL_KERNEL_CONTEXT || p == CL_KERNEL_PROGRAM;
-    case InfoKind::EVENT:
-      return p == CL_EVENT_COMMAND_QUEUE || p == CL_EVENT_CONTEXT;
-    default:
-      return false;
-  }
-}
 
 cl_int NativeInfo(InfoKind k, void* h, void* dev, cl_uint arg, cl_uint p,
                   size_t size, void* value, size_t* ret) {

@@ -37,7 +37,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "agents/forwarding/guest/client.h"
-#include "agents/forwarding/image_layout.h"
+#include "agents/forwarding/agreed.h"
 #include "agents/forwarding/protocol.capnp.h"
 
 namespace vgpu::forwarding::guest {
@@ -342,28 +342,6 @@ cl_int Answer(const void* v, size_t n, size_t size, void* value, size_t* ret) {
   return CL_SUCCESS;
 }
 
-bool IsHandleParam(InfoKind k, cl_uint p) {
-  switch (k) {
-    case InfoKind::DEVICE:
-      return p == CL_DEVICE_PLATFORM || p == CL_DEVICE_PARENT_DEVICE;
-    case InfoKind::CONTEXT: return p == CL_CONTEXT_DEVICES;
-    case InfoKind::QUEUE:
-      return p == CL_QUEUE_CONTEXT || p == CL_QUEUE_DEVICE ||
-             p == CL_QUEUE_DEVICE_DEFAULT;
-    case InfoKind::MEM:
-      return p == CL_MEM_CONTEXT || p == CL_MEM_ASSOCIATED_MEMOBJECT;
-    case InfoKind::IMAGE: return p == CL_IMAGE_BUFFER;
-    case InfoKind::SAMPLER: return p == CL_SAMPLER_CONTEXT;
-    case InfoKind::PROGRAM:
-      return p == CL_PROGRAM_CONTEXT || p == CL_PROGRAM_DEVICES;
-    case InfoKind::KERNEL:
-      return p == CL_KERNEL_CONTEXT || p == CL_KERNEL_PROGRAM;
-    case InfoKind::EVENT:
-      return p == CL_EVENT_COMMAND_QUEUE || p == CL_EVENT_CONTEXT;
-    default:
-      return false;
-  }
-}
 
 // Asks the backend for the whole value (ids translated back to handles).
 cl_int FetchInfo(InfoKind kind, uint64_t id, uint64_t aux, cl_uint param,

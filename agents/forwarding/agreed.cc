@@ -1,6 +1,30 @@
-#include "agents/forwarding/image_layout.h"
+#include "agents/forwarding/agreed.h"
 
 namespace vgpu::forwarding {
+
+bool IsHandleParam(proto::InfoKind k, cl_uint p) {
+  using proto::InfoKind;
+  switch (k) {
+    case InfoKind::DEVICE:
+      return p == CL_DEVICE_PLATFORM || p == CL_DEVICE_PARENT_DEVICE;
+    case InfoKind::CONTEXT: return p == CL_CONTEXT_DEVICES;
+    case InfoKind::QUEUE:
+      return p == CL_QUEUE_CONTEXT || p == CL_QUEUE_DEVICE ||
+             p == CL_QUEUE_DEVICE_DEFAULT;
+    case InfoKind::MEM:
+      return p == CL_MEM_CONTEXT || p == CL_MEM_ASSOCIATED_MEMOBJECT;
+    case InfoKind::IMAGE: return p == CL_IMAGE_BUFFER;
+    case InfoKind::SAMPLER: return p == CL_SAMPLER_CONTEXT;
+    case InfoKind::PROGRAM:
+      return p == CL_PROGRAM_CONTEXT || p == CL_PROGRAM_DEVICES;
+    case InfoKind::KERNEL:
+      return p == CL_KERNEL_CONTEXT || p == CL_KERNEL_PROGRAM;
+    case InfoKind::EVENT:
+      return p == CL_EVENT_COMMAND_QUEUE || p == CL_EVENT_CONTEXT;
+    default:
+      return false;
+  }
+}
 
 // Bytes per pixel of an image format; 0 when the format is not one the
 // specification lists (the real call then decides).

@@ -1,15 +1,22 @@
-// Image arithmetic both ends of the forwarding protocol must agree on: the
-// bytes per pixel of an image format, and how many bytes a host pointer
-// spans for an image read or write (the payload's size).
-#ifndef VGPU_AGENTS_FORWARDING_IMAGE_LAYOUT_H_
-#define VGPU_AGENTS_FORWARDING_IMAGE_LAYOUT_H_
+// What both ends of the forwarding protocol must compute alike: which info
+// values carry object handles (sent as ids), the bytes per pixel of an
+// image format, and how many bytes a host pointer spans for an image read
+// or write (the payload's size).
+#ifndef VGPU_AGENTS_FORWARDING_AGREED_H_
+#define VGPU_AGENTS_FORWARDING_AGREED_H_
 
 #include <CL/cl.h>
 
 #include <cstddef>
 #include <cstdint>
 
+#include "agents/forwarding/protocol.capnp.h"
+
 namespace vgpu::forwarding {
+
+// Whether info `param` of `kind` is one or more object handles (8 bytes
+// each), which travel as ids.
+bool IsHandleParam(proto::InfoKind kind, cl_uint param);
 
 // Bytes per pixel of an image format; 0 when the format is not one the
 // specification lists (the real call then decides).
@@ -23,4 +30,4 @@ uint64_t ImageHostExtent(cl_mem_object_type type, size_t elem,
 
 }  // namespace vgpu::forwarding
 
-#endif  // VGPU_AGENTS_FORWARDING_IMAGE_LAYOUT_H_
+#endif  // VGPU_AGENTS_FORWARDING_AGREED_H_
