@@ -254,6 +254,11 @@ struct Request {
       id @6 :UInt64;
       aux @7 :UInt64;          # device id or argument index, by kind
       param @8 :UInt32;
+      # The application asked for the size only (no value buffer): the
+      # backend makes only that query, whose answer may differ from the
+      # value query's on some platforms. The reply's info then holds as
+      # many zero bytes as the value has.
+      sizeOnly @101 :Bool;
     }
     retain :group {
       kind @9 :ObjKind;

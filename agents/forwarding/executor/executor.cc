@@ -626,11 +626,17 @@ Outcome ExecutorImpl::GetInfo(proto::Request::GetInfo::Reader r,
   size_t n = 0;
   cl_int err = NativeInfo(k, h, dev, arg, p, 0, nullptr, &n);
   if (err != CL_SUCCESS) return Fail(err, "");
-  std::vector<unsigned char> v(n);
-  if (n > 0) {
-    err = NativeInfo(k, h, dev, arg, p, n, v.data(), nullptr);
-    if (err != CL_SUCCESS) return Fail(err, "");
+  if (r.getSizeOnly()) {
+    out.initInfo(n);
+    return {};
   }
+  std::vector<unsigned char> v(n);
+  // The value is fetched even when it is empty: NVIDIA's platform answers
+  // the size of a parameter it does not support (0) and refuses the value
+  // (CL_INVALID_VALUE), which is what the application sees natively.
+  unsigned char none[8];
+  err = NativeInfo(k, h, dev, arg, p, n, n > 0 ? v.data() : none, nullptr);
+  if (err != CL_SUCCESS) return Fail(err, "");
   if (IsHandleParam(k, p)) {
     for (size_t off = 0; off + 8 <= v.size(); off += 8) {
       void* real;

@@ -344,14 +344,17 @@ cl_int Answer(const void* v, size_t n, size_t size, void* value, size_t* ret) {
 
 
 // Asks the backend for the whole value (ids translated back to handles).
+// `size_only`: the application passed no value buffer (a size query),
+// which some platforms answer differently from the value query.
 cl_int FetchInfo(InfoKind kind, uint64_t id, uint64_t aux, cl_uint param,
-                 std::string* out) {
+                 std::string* out, bool size_only = false) {
   Call c;
   auto g = c.request.initGetInfo();
   g.setKind(kind);
   g.setId(id);
   g.setAux(aux);
   g.setParam(param);
+  g.setSizeOnly(size_only);
   const cl_int code = Do(c);
   if (code != CL_SUCCESS) return code;
   auto d = c.reply.root().getInfo();
@@ -381,7 +384,8 @@ cl_int FetchInfo(InfoKind kind, uint64_t id, uint64_t aux, cl_uint param,
 cl_int Info(InfoKind kind, const void* h, uint64_t aux, cl_uint param,
             size_t size, void* value, size_t* ret) {
   std::string v;
-  const cl_int code = FetchInfo(kind, Id(h), aux, param, &v);
+  const cl_int code =
+      FetchInfo(kind, Id(h), aux, param, &v, /*size_only=*/value == nullptr);
   if (code != CL_SUCCESS) return code;
   return Answer(v.data(), v.size(), size, value, ret);
 }
@@ -539,7 +543,9 @@ CL_API_ENTRY cl_int CL_API_CALL clGetPlatformInfo(cl_platform_id platform,
                                                   size_t size, void* value,
                                                   size_t* ret) {
   std::string v;
-  const cl_int code = FetchInfo(InfoKind::PLATFORM, Id(platform), 0, param, &v);
+  const cl_int code = FetchInfo(InfoKind::PLATFORM, Id(platform), 0, param, &v,
+                                /*size_only=*/value == nullptr &&
+                                    param != CL_PLATFORM_NAME);
   if (code != CL_SUCCESS) return code;
   if (param == CL_PLATFORM_NAME) {
     // The one intended difference from the native platform.
