@@ -9,7 +9,9 @@
 #     the platform's name;
 #   - every fidelity sample gives the native digests;
 #   - a session checkpointed, killed and restored in the middle of a run
-#     finishes with the native digests.
+#     finishes with the native digests;
+#   - a session checkpointed on PoCL (the CPU) mid-run and restored onto a
+#     backend on the GPU at the same address finishes there.
 # Prints "GPU <check> PASS|FAIL" lines; results go to $OUT (or ./gpu-out).
 #
 #   tools/gpu_forwarding.sh package DIR     # here, after bazel build
@@ -110,8 +112,47 @@ run() {
   check checkpoint_restore_midrun $?
   [ "$(finished "$out/mid.txt")" = "$(finished "$out/mid-native.txt")" ]; check midrun_complete $?
   echo "  mid-run samples that ran to their end: $(finished "$out/mid.txt") of 6"
-  tar czf "$out/all.tgz" -C "$out" . 2>/dev/null
   kill "$backend" 2>/dev/null
+  sleep 0.5
+
+  # Across devices: the session starts on PoCL (the CPU), is checkpointed
+  # mid-run, and the host's backend is replaced by one on the GPU at the
+  # same address; the restore replays the log there (programs from their
+  # source) and the program finishes on the GPU. Integer results must match
+  # the native runs; float results may differ by device rounding.
+  if ls /etc/OpenCL/vendors/pocl.icd >/dev/null 2>&1; then
+    mkdir -p "$w/pocl"; cp /etc/OpenCL/vendors/pocl.icd "$w/pocl/"
+    OCL_ICD_VENDORS="$w/pocl" "$dir/bin/vgpu-cl-backend" --listen "unix:$w/x.sock" \
+      --control "unix:$w/xc.sock" --run-dir "$w/xrun" >"$out/x-backend-cpu.log" 2>&1 &
+    local cpu=$!; sleep 1
+    local x=(vector_add reduction multi_queue)
+    env OCL_ICD_VENDORS="$w/pocl" "$dir/bin/vgpu-cl-samples" "${x[@]}" >"$out/x-native-cpu.txt" 2>/dev/null
+    "${nat[@]}" "$dir/bin/vgpu-cl-samples" "${x[@]}" >"$out/x-native-gpu.txt" 2>/dev/null
+    rm -f "$w/go"
+    env OCL_ICD_VENDORS="$w/icd" VGPU_CL_BACKEND="unix:$w/x.sock" VGPU_VM=gpu-x \
+      VGPU_CL_RECONNECT_MS=30000 "$dir/bin/vgpu-cl-samples" --pause-at 2 \
+      --pause-file "$w/go" "${x[@]}" >"$out/x.txt" 2>"$out/x.err" &
+    app=$!
+    for _ in $(seq 300); do grep -q PAUSED "$out/x.txt" && break; sleep 0.1; done
+    "$dir/bin/vgpu-cl-backend" sessions --control "unix:$w/xc.sock" --json >"$w/x.json"
+    ctl=$(python3 -c "import json; print([json.loads(l) for l in open('$w/x.json')][-1]['control'])")
+    echo "  on $(python3 -c "import json; print([json.loads(l) for l in open('$w/x.json')][-1]['device'])")"
+    "$dir/bin/vgpu-cl-backend" checkpoint "$ctl" "$w/x.vgi" | tee "$out/x-checkpoint.txt"
+    kill -9 "$cpu"; pkill -9 -f "xrun/s" ; sleep 0.5
+    OCL_ICD_VENDORS="$w/nv" "$dir/bin/vgpu-cl-backend" --listen "unix:$w/x.sock" \
+      --control "unix:$w/xc.sock" --run-dir "$w/xrun2" >"$out/x-backend-gpu.log" 2>&1 &
+    local gpu=$!; sleep 1
+    "$dir/bin/vgpu-cl-backend" restore "$w/x.vgi" --control "unix:$w/xc.sock" | tee "$out/x-restore.txt"
+    "$dir/bin/vgpu-cl-backend" sessions --control "unix:$w/xc.sock" | tail -n +2 | sed 's/^/  now: /'
+    while kill -0 "$app" 2>/dev/null; do [ -e "$w/go" ] || touch "$w/go"; sleep 0.05; done
+    grep '^SAMPLE' "$out/x.txt" | cut -c1-110 | sed 's/^/  cpu->gpu: /'
+    for f in x-native-cpu x-native-gpu; do
+      echo "  same digests as $f: $(comm -12 <(digests "$out/$f.txt" | sort) <(digests "$out/x.txt" | sort) | awk '{print $1}' | tr '\n' ' ')"
+    done
+    [ "$(finished "$out/x.txt")" = 3 ]; check cpu_to_gpu_restore_finishes $?
+    kill "$gpu" 2>/dev/null
+  fi
+  tar czf "$out/all.tgz" -C "$out" . 2>/dev/null
   return $fail
 }
 
