@@ -230,6 +230,10 @@ class ExecutorImpl : public Executor {
   void Unreserve(uint64_t bytes);
   // The context's queue for ReadMem/WriteMem (created on first use).
   absl::StatusOr<cl_command_queue> InternalQueue(uint64_t context);
+  // ReadMem and WriteMem: a byte range of a memory object's (packed)
+  // contents, moved through the internal queue.
+  absl::Status TransferMem(uint64_t id, uint64_t offset, uint64_t bytes,
+                           void* data, bool write);
 
   // --- Handlers --------------------------------------------------------
   Outcome GetInfo(proto::Request::GetInfo::Reader r, proto::Reply::Builder out);
@@ -2097,51 +2101,44 @@ absl::StatusOr<cl_command_queue> ExecutorImpl::InternalQueue(uint64_t context) {
 
 absl::Status ExecutorImpl::ReadMem(uint64_t id, void* dst, uint64_t offset,
                                    uint64_t bytes) {
-  MemInfo m;
-  {
-    absl::MutexLock l(&mu_);
-    auto it = objects_.find(id);
-    if (it == objects_.end() || it->second.kind != ObjKind::MEM) {
-      return absl::NotFoundError(absl::StrCat("no memory object ", id));
-    }
-    m = it->second.mem;
-  }
-  if (offset > m.bytes || bytes > m.bytes - offset) {
-    return absl::OutOfRangeError(absl::StrCat(
-        "range ", offset, "+", bytes, " outside memory object ", id, " of ",
-        m.bytes, " bytes"));
-  }
-  absl::StatusOr<cl_command_queue> q = InternalQueue(m.context);
-  if (!q.ok()) return q.status();
-  cl_int err;
-  if (m.type == CL_MEM_OBJECT_BUFFER) {
-    err = clEnqueueReadBuffer(*q, m.mem, CL_TRUE, offset, bytes, dst, 0,
-                              nullptr, nullptr);
-  } else {
-    // Images: the whole image packed, then the range of it.
-    const size_t origin[3] = {0, 0, 0};
-    size_t region[3] = {m.region[0], m.region[1], m.region[2]};
-    if (m.type == CL_MEM_OBJECT_IMAGE1D_ARRAY) {
-      region[1] = m.region[2];
-      region[2] = 1;
-    }
-    std::vector<unsigned char> all(m.bytes);
-    const bool whole = offset == 0 && bytes == m.bytes;
-    err = clEnqueueReadImage(*q, m.mem, CL_TRUE, origin, region, 0, 0,
-                             whole ? dst : all.data(), 0, nullptr, nullptr);
-    if (err == CL_SUCCESS && !whole) {
-      std::memcpy(dst, all.data() + offset, bytes);
-    }
-  }
-  if (err != CL_SUCCESS) {
-    return absl::InternalError(
-        absl::StrCat("reading memory object ", id, ": CL error ", err));
-  }
-  return absl::OkStatus();
+  return TransferMem(id, offset, bytes, dst, /*write=*/false);
 }
 
 absl::Status ExecutorImpl::WriteMem(uint64_t id, const void* src,
                                     uint64_t offset, uint64_t bytes) {
+  return TransferMem(id, offset, bytes, const_cast<void*>(src),
+                     /*write=*/true);
+}
+
+// Rows [first, first + count) of an image's packed contents (rows of every
+// slice or layer, one after the other), one rectangle per slice.
+cl_int ImageRows(cl_command_queue q, const MemInfo& m, size_t first,
+                 size_t count, unsigned char* data, bool write) {
+  const size_t height = m.region[1];
+  const bool layers_are_rows = m.type == CL_MEM_OBJECT_IMAGE1D_ARRAY;
+  while (count > 0) {
+    const size_t z = first / height, y = first % height;
+    const size_t n = std::min(count, height - y);
+    // A 1D array's layers are its rows: they sit in the y coordinate.
+    const size_t origin[3] = {0, layers_are_rows ? z : y,
+                              layers_are_rows ? 0 : z};
+    const size_t region[3] = {m.region[0], n, 1};
+    const cl_int err =
+        write ? clEnqueueWriteImage(q, m.mem, CL_TRUE, origin, region, 0, 0,
+                                    data, 0, nullptr, nullptr)
+              : clEnqueueReadImage(q, m.mem, CL_TRUE, origin, region, 0, 0,
+                                   data, 0, nullptr, nullptr);
+    if (err != CL_SUCCESS) return err;
+    data += n * m.row_pitch;
+    first += n;
+    count -= n;
+  }
+  return CL_SUCCESS;
+}
+
+absl::Status ExecutorImpl::TransferMem(uint64_t id, uint64_t offset,
+                                       uint64_t bytes, void* data,
+                                       bool write) {
   MemInfo m;
   {
     absl::MutexLock l(&mu_);
@@ -2158,37 +2155,37 @@ absl::Status ExecutorImpl::WriteMem(uint64_t id, const void* src,
   }
   absl::StatusOr<cl_command_queue> q = InternalQueue(m.context);
   if (!q.ok()) return q.status();
-  cl_int err;
+  auto* p = static_cast<unsigned char*>(data);
+  cl_int err = CL_SUCCESS;
   if (m.type == CL_MEM_OBJECT_BUFFER) {
-    err = clEnqueueWriteBuffer(*q, m.mem, CL_TRUE, offset, bytes, src, 0,
-                               nullptr, nullptr);
-  } else {
-    const size_t origin[3] = {0, 0, 0};
-    size_t region[3] = {m.region[0], m.region[1], m.region[2]};
-    if (m.type == CL_MEM_OBJECT_IMAGE1D_ARRAY) {
-      region[1] = m.region[2];
-      region[2] = 1;
-    }
-    std::vector<unsigned char> all;
-    const void* from = src;
-    if (offset != 0 || bytes != m.bytes) {
-      // A part: read, patch, write the whole image back.
-      all.resize(m.bytes);
-      err = clEnqueueReadImage(*q, m.mem, CL_TRUE, origin, region, 0, 0,
-                               all.data(), 0, nullptr, nullptr);
-      if (err != CL_SUCCESS) {
-        return absl::InternalError(
-            absl::StrCat("reading memory object ", id, ": CL error ", err));
+    err = write ? clEnqueueWriteBuffer(*q, m.mem, CL_TRUE, offset, bytes, p, 0,
+                                       nullptr, nullptr)
+                : clEnqueueReadBuffer(*q, m.mem, CL_TRUE, offset, bytes, p, 0,
+                                      nullptr, nullptr);
+  } else if (bytes > 0) {
+    // Only the rows the range touches move, so reading or writing an image
+    // piece by piece costs the pieces, not the whole image each time.
+    const size_t first = offset / m.row_pitch;
+    const size_t end = (offset + bytes + m.row_pitch - 1) / m.row_pitch;
+    const size_t skip = offset - first * m.row_pitch;
+    if (skip == 0 && bytes == (end - first) * m.row_pitch) {
+      err = ImageRows(*q, m, first, end - first, p, write);
+    } else {
+      std::vector<unsigned char> rows((end - first) * m.row_pitch);
+      // A write of part of a row keeps the rest of that row: read first.
+      err = ImageRows(*q, m, first, end - first, rows.data(), false);
+      if (err == CL_SUCCESS && write) {
+        std::memcpy(rows.data() + skip, p, bytes);
+        err = ImageRows(*q, m, first, end - first, rows.data(), true);
+      } else if (err == CL_SUCCESS) {
+        std::memcpy(p, rows.data() + skip, bytes);
       }
-      std::memcpy(all.data() + offset, src, bytes);
-      from = all.data();
     }
-    err = clEnqueueWriteImage(*q, m.mem, CL_TRUE, origin, region, 0, 0, from, 0,
-                              nullptr, nullptr);
   }
   if (err != CL_SUCCESS) {
-    return absl::InternalError(
-        absl::StrCat("writing memory object ", id, ": CL error ", err));
+    return absl::InternalError(absl::StrCat(write ? "writing" : "reading",
+                                            " memory object ", id,
+                                            ": CL error ", err));
   }
   return absl::OkStatus();
 }
