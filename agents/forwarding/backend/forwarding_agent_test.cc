@@ -148,9 +148,10 @@ TEST(ForwardingAgentTest, DescriptorSaysWhatTheSessionNeeds) {
 }
 
 // A whole migration through the agents while the guest keeps using the
-// session between rounds; the guest then follows the hand-off to the new
-// session and finds everything there.
-TEST(ForwardingAgentTest, GuestFollowsTheSessionToItsNewBackend) {
+// session between rounds: the destination holds what the stopped source
+// held, and the source releases. (The guest following the hand-off is
+// tests/e2e/forwarding_test's.)
+TEST(ForwardingAgentTest, AMigrationThroughTheAgentsCarriesTheSession) {
   ForwardingHarness h;
   auto src = h.MakeSource();
   ASSERT_TRUE(src.ok()) << src.status();

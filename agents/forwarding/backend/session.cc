@@ -154,14 +154,7 @@ Session::Session(SessionIdentity identity,
 }
 
 Session::~Session() {
-  std::shared_ptr<Connection> conn;
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    handed_off_ = true;
-    conn = conn_;
-    cv_.notify_all();
-  }
-  if (conn) conn->Close();
+  End();
   std::unique_lock<std::mutex> l(mu_);
   cv_.wait(l, [&] { return threads_live_ == 0; });
 }
@@ -323,7 +316,8 @@ void Session::ReadLoop(std::shared_ptr<Connection> conn) {
     const uint64_t token = EnterCall();
     if (token == 0) break;
     if (!MayBlock(r)) {
-      RunCall(conn, request, payload, token);
+      StreamPayload p(conn->stream.get(), payload);
+      RunCall(conn, *request, p, token);
       continue;
     }
     // The payload must leave the stream before the next frame is read.
@@ -343,25 +337,7 @@ void Session::ReadLoop(std::shared_ptr<Connection> conn) {
     std::lock_guard<std::mutex> l(mu_);
     SpawnLocked([this, conn, request, held, token] {
       MemoryPayload p(std::move(*held));
-      capnp::MallocMessageBuilder reply_msg;
-      Reply::Builder reply = reply_msg.initRoot<Reply>();
-      reply.setSeq(request->root().getSeq());
-      bool sent = false;
-      auto sink = [&](capnp::MessageBuilder& m, const std::vector<iovec>& v) {
-        sent = true;
-        return conn->Send(m, v);
-      };
-      absl::Status s = exec_->Execute(request->root(), p, reply, reply_msg,
-                                      sink, /*replay=*/false);
-      if (s.ok() && reply.getCode() == CL_SUCCESS) {
-        std::lock_guard<std::mutex> l2(mu_);
-        log_.Record(request->root(), p.size());
-        MarkDirty(request->root());
-      }
-      if (s.ok() && !sent) s = conn->Send(reply_msg);
-      calls_.fetch_add(1);
-      LeaveCall(token);
-      if (!s.ok()) conn->Close();
+      RunCall(conn, *request, p, token);
     });
   }
   conn->Close();
@@ -370,24 +346,23 @@ void Session::ReadLoop(std::shared_ptr<Connection> conn) {
   cv_.notify_all();
 }
 
-void Session::RunCall(std::shared_ptr<Connection> conn,
-                      std::shared_ptr<codec::Message<Request>> request,
-                      uint64_t payload_bytes, uint64_t token) {
-  StreamPayload p(conn->stream.get(), payload_bytes);
+void Session::RunCall(const std::shared_ptr<Connection>& conn,
+                      const codec::Message<Request>& request,
+                      executor::PayloadSource& p, uint64_t token) {
   capnp::MallocMessageBuilder reply_msg;
   Reply::Builder reply = reply_msg.initRoot<Reply>();
-  reply.setSeq(request->root().getSeq());
+  reply.setSeq(request.root().getSeq());
   bool sent = false;
   auto sink = [&](capnp::MessageBuilder& m, const std::vector<iovec>& v) {
     sent = true;
     return conn->Send(m, v);
   };
-  absl::Status s = exec_->Execute(request->root(), p, reply, reply_msg, sink,
+  absl::Status s = exec_->Execute(request.root(), p, reply, reply_msg, sink,
                                   /*replay=*/false);
   if (s.ok() && reply.getCode() == CL_SUCCESS) {
     std::lock_guard<std::mutex> l(mu_);
-    log_.Record(request->root(), payload_bytes);
-    MarkDirty(request->root());
+    log_.Record(request.root(), p.size());
+    MarkDirty(request.root());
   }
   if (s.ok() && !sent) s = conn->Send(reply_msg);
   calls_.fetch_add(1);

@@ -137,9 +137,11 @@ class Session {
  private:
   struct Connection;
   void ReadLoop(std::shared_ptr<Connection> conn);
-  void RunCall(std::shared_ptr<Connection> conn,
-               std::shared_ptr<codec::Message<proto::Request>> request,
-               uint64_t payload_bytes, uint64_t token);
+  // Runs one call with its payload, records it when it succeeded, replies,
+  // and ends the call `token`.
+  void RunCall(const std::shared_ptr<Connection>& conn,
+               const codec::Message<proto::Request>& request,
+               executor::PayloadSource& payload, uint64_t token);
   void MarkDirty(proto::Request::Reader r);
   void Notify(uint64_t cookie, int32_t status);
   // Waits until calls may run, then counts one in; 0 when the session is
