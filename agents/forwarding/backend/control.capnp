@@ -69,19 +69,15 @@ struct ControlRequest {
     # (session id and token), so the guest's resume finds it.
     activate :group {
       guest @11 :GuestInfo;
-      session @18 :UInt64;
-      token @19 :Data;
+      session @16 :UInt64;
+      token @17 :Data;
     }
     # The guest is told to reconnect to `address`; it resumes there with the
     # same session id and token (a migrated session keeps its identity).
-    handOff :group {
-      address @12 :Text;
-      unused13 @13 :UInt64;
-      unused14 @14 :Data;
-    }
-    quit @15 :Void;                      # end the worker (an unused target)
-    listSessions @16 :Void;              # supervisor; reply: sessions
-    createTarget @17 :Void;              # supervisor; reply: session (+token)
+    handOff @12 :Text;
+    quit @13 :Void;                      # end the worker (an unused target)
+    listSessions @14 :Void;              # supervisor; reply: sessions
+    createTarget @15 :Void;              # supervisor; reply: session (+token)
   }
 }
 

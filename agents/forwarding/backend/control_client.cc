@@ -146,7 +146,7 @@ absl::Status ControlClient::Activate(control::GuestInfo::Reader guest,
 
 absl::Status ControlClient::HandOff(const std::string& address) {
   capnp::MallocMessageBuilder m;
-  m.initRoot<ControlRequest>().initHandOff().setAddress(address);
+  m.initRoot<ControlRequest>().setHandOff(address);
   return Call(m).status();
 }
 

@@ -234,7 +234,7 @@ bool ServeSessionControl(Stream& stream, Session& session,
         break;
       }
       case ControlRequest::HAND_OFF:
-        s = session.HandOff(r.getHandOff().getAddress());
+        s = session.HandOff(r.getHandOff());
         break;
       case ControlRequest::QUIT:
         quit = true;
