@@ -95,6 +95,13 @@ json StatusJson(vgpu::schema::JobStatus::Reader s) {
             {"downtimeMs", s.getDowntimeMs()},
             {"sourceResumed", s.getSourceResumed()}};
   if (s.getSnapshot().size() > 0) j["snapshot"] = s.getSnapshot().cStr();
+  if (s.getWaiting().size() > 0) j["waiting"] = s.getWaiting().cStr();
+  if (s.getRemoteJob().size() > 0) j["remoteJob"] = s.getRemoteJob().cStr();
+  if (s.getEndpoints().size() > 0) {
+    json eps = json::array();
+    for (auto e : s.getEndpoints()) eps.push_back(e.cStr());
+    j["endpoints"] = eps;
+  }
   absl::Status err = GetError(s.getError());
   if (!err.ok()) {
     j["error"] = std::string(err.message());
@@ -305,9 +312,11 @@ int main(int argc, char** argv) {
   std::string libvirt_uri = "qemu:///system";
   auto* annotate = app.add_subcommand(
       "annotate",
-      "write VM's vGPUs, with their descriptors, into the libvirt domain of "
-      "the same name, so that a destination's hook can check them before "
-      "an incoming migration (docs/LIBVIRT.md)");
+      "write VM's vGPUs, with their descriptors and this host's name, into "
+      "the libvirt domain of the same name: a destination's hook then checks "
+      "them before an incoming migration and pulls them from this host, so "
+      "that `virsh migrate --live` moves the vGPUs with the guest "
+      "(docs/LIBVIRT.md)");
   annotate->add_option("vm", vm, "VM (and domain) name")->required();
   annotate->add_option("--libvirt-uri", libvirt_uri,
                        "libvirt connection (read-write)")
@@ -496,15 +505,21 @@ int main(int argc, char** argv) {
     if (!found) {
       return Die(absl::NotFoundError(absl::StrCat("no VM named ", vm, " here")));
     }
+    // The metadata names this host as the one holding the vGPUs: a
+    // destination's hook pulls them from here when libvirt migrates the
+    // domain.
+    auto info = S.Call(S.api->hostInfoRequest().send(), "hostInfo");
+    if (!info.ok()) return Die(info.status());
+    const std::string host = info->getHost();
     auto lv = vgpu::migrator::LibvirtSource::Open(libvirt_uri,
                                                  /*read_only=*/false);
     if (!lv.ok()) return Die(lv.status());
     absl::Status s =
-        (*lv)->SetVgpuMetadata(vm, vgpu::hook::MetadataElement(devs));
+        (*lv)->SetVgpuMetadata(vm, vgpu::hook::MetadataElement(devs, host));
     if (!s.ok()) return Die(s);
-    std::printf("wrote the metadata of %s (%zu vGPU(s), with descriptors) "
-                "to its domain on %s\n",
-                vm.c_str(), devs.size(), libvirt_uri.c_str());
+    std::printf("wrote the metadata of %s (%zu vGPU(s) held by %s, with "
+                "descriptors) to its domain on %s\n",
+                vm.c_str(), devs.size(), host.c_str(), libvirt_uri.c_str());
     return 0;
   }
   if (unreg->parsed()) {

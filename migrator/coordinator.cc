@@ -357,6 +357,51 @@ absl::StatusOr<CompatReport> CheckMove(const Env& env, const std::string& vm,
   return internal::GetReport(reply->getReport());
 }
 
+void RunPull(const Env& env, Job& job, JobTable* jobs,
+             const PullRequest& request) {
+  LogFn log = JobLogger(env, job.id(), request.vm);
+  job.Update([](JobData& d) { d.phase = Phase::kPrepare; });
+  auto link = ConnectPeer(env, request.from);
+  if (!link.ok()) return Fail(job, link.status(), false);
+  auto req = link->peer->pullRequest();
+  req.setVm(request.vm);
+  // The source attaches its agents, then this host prepares the devices.
+  auto reply = link->rpc->Wait(req.send(), env.peer_timeout + absl::Seconds(40),
+                               absl::StrCat("pull from ", request.from));
+  if (!reply.ok()) return Fail(job, reply.status(), false);
+  if (auto s = GetError(reply->getError()); !s.ok()) {
+    CompatReport report = internal::GetReport(reply->getReport());
+    job.Update([&](JobData& d) { d.report = report; });
+    return Fail(job, s, false);
+  }
+  const std::string remote = reply->getJob();
+  std::vector<std::string> endpoints;
+  bool found = false;
+  for (const auto& j : jobs->List()) {
+    JobData d = j->Get();
+    if (d.kind == "incoming" && d.remote_job == remote) {
+      endpoints = d.endpoints;
+      found = true;
+    }
+  }
+  if (!found) {
+    return Fail(job,
+                absl::InternalError(absl::StrCat(
+                    request.from, " says its job ", remote,
+                    " prepared this host, but no incoming job here has it")),
+                false);
+  }
+  log(absl::StrFormat("pull: %s's job %s prepared %u device(s) here",
+                      request.from, remote, endpoints.size()));
+  job.Update([&](JobData& d) {
+    d.endpoints = endpoints;
+    d.remote_job = remote;
+    d.phase = Phase::kDone;
+    d.state = JobState::kDone;
+    d.total_seconds = d.elapsed_seconds;
+  });
+}
+
 void RunMigration(const Env& env, Job& job, const MigrateRequest& request) {
   LogFn log = JobLogger(env, job.id(), request.vm);
   const Clock::time_point job_start = Clock::now();
@@ -488,6 +533,54 @@ void RunMigration(const Env& env, Job& job, const MigrateRequest& request) {
     if (!initial.ok()) return abort(initial.status());
     pending_now = round_total = *initial;
   }
+  auto budget = [&] { return meter.rate * downtime_ms / 2000.0; };
+  // One pre-copy round: every agent's changes since the last, then the
+  // pending bytes left behind (and the rate measured on the way).
+  auto run_round = [&](uint32_t round) -> absl::Status {
+    round_now = round;
+    Clock::time_point round_start = Clock::now();
+    uint64_t raw_before = writer->stats().raw_bytes;
+    // The downtime estimate needs the rate of bytes that cost something:
+    // elided zero pages move at memory speed and would flatter it.
+    const uint64_t costly_before = raw_before - writer->stats().zero_bytes;
+    round_start_raw = raw_before;
+    round_total = pending_now;
+    for (size_t i = 0; i < set.agents.size(); ++i) {
+      if (auto s = set.agents[i]->Save(*writer, i, round); !s.ok()) return s;
+    }
+    // The round counts once the destination has it: its bytes are answered.
+    if (auto s = sink.Sync(); !s.ok()) return s;
+    rounds = round + 1;
+    auto pending_or = set.Pending();
+    if (!pending_or.ok()) return pending_or.status();
+    const uint64_t pending = *pending_or;
+    double dt = Seconds(Clock::now() - round_start);
+    uint64_t moved = writer->stats().raw_bytes - raw_before;
+    uint64_t costly =
+        writer->stats().raw_bytes - writer->stats().zero_bytes - costly_before;
+    if (dt > 0 && costly > 0) meter.rate = costly / dt;
+    pending_now = pending;
+    round_pending.push_back(pending);
+    publish();
+    job.Update([&](JobData& d) {
+      d.rounds = round_pending;
+      d.eta_seconds = meter.rate > 0 ? pending / meter.rate : 0;
+    });
+    log(absl::StrFormat(
+        "precopy round %u: %u bytes in %.3f s, %u pending (budget %.0f)",
+        round, moved, dt, pending, budget()));
+    return absl::OkStatus();
+  };
+  // Lets the destination's loader catch up while the vGPUs still run: its
+  // backlog would otherwise be paid for in the downtime. Also the word
+  // that keeps the destination from giving up on a quiet source.
+  auto drain = [&]() -> absl::Status {
+    if (auto s = sink.Sync(); !s.ok()) return s;
+    auto reply = link.rpc->Wait(incoming->drainRequest().send(),
+                                env.peer_timeout + absl::Seconds(30),
+                                absl::StrCat("drain on ", request.to));
+    return reply.ok() ? GetError(reply->getError()) : reply.status();
+  };
   // Rounds until the pending bytes fit, then a drain of the destination's
   // loader. The guest keeps dirtying state while the loader catches up, so
   // the pending bytes are measured again after it: if they no longer fit,
@@ -496,71 +589,70 @@ void RunMigration(const Env& env, Job& job, const MigrateRequest& request) {
   uint64_t after_previous_drain = UINT64_MAX;
   for (;;) {
     for (uint32_t round = rounds; round < max_rounds; ++round) {
-      round_now = round;
-      Clock::time_point round_start = Clock::now();
-      uint64_t raw_before = writer->stats().raw_bytes;
-      // The downtime estimate needs the rate of bytes that cost something:
-      // elided zero pages move at memory speed and would flatter it.
-      const uint64_t costly_before = raw_before - writer->stats().zero_bytes;
-      round_start_raw = raw_before;
-      round_total = pending_now;
-      for (size_t i = 0; i < set.agents.size(); ++i) {
-        if (auto s = set.agents[i]->Save(*writer, i, round); !s.ok()) {
-          return abort(s);
-        }
-      }
-      // The round counts once the destination has it: its bytes are answered.
-      if (auto s = sink.Sync(); !s.ok()) return abort(s);
-      rounds = round + 1;
-      auto pending_or = set.Pending();
-      if (!pending_or.ok()) return abort(pending_or.status());
-      const uint64_t pending = *pending_or;
-      double dt = Seconds(Clock::now() - round_start);
-      uint64_t moved = writer->stats().raw_bytes - raw_before;
-      uint64_t costly =
-          writer->stats().raw_bytes - writer->stats().zero_bytes - costly_before;
-      if (dt > 0 && costly > 0) meter.rate = costly / dt;
-      pending_now = pending;
-      round_pending.push_back(pending);
-      publish();
-      job.Update([&](JobData& d) {
-        d.rounds = round_pending;
-        d.eta_seconds = meter.rate > 0 ? pending / meter.rate : 0;
-      });
+      if (auto s = run_round(round); !s.ok()) return abort(s);
       // Half the budget is for the final copy; the rest is headroom for
       // finish and activation, and for the rate estimate being optimistic
       // (the dirty set keeps growing while the last round is measured).
-      const double budget_bytes = meter.rate * downtime_ms / 2000.0;
-      log(absl::StrFormat(
-          "precopy round %u: %u bytes in %.3f s, %u pending (budget %.0f)",
-          round, moved, dt, pending, budget_bytes));
-      if (pending <= budget_bytes || pending >= previous) break;
-      previous = pending;
+      if (pending_now <= budget() || pending_now >= previous) break;
+      previous = pending_now;
       if (job.cancelled()) return abort(absl::CancelledError("cancelled"));
     }
-
-    // Let the destination's loader catch up while the vGPUs still run: its
-    // backlog would otherwise be paid for in the downtime.
-    {
-      if (auto s = sink.Sync(); !s.ok()) return abort(s);
-      auto reply = link.rpc->Wait(incoming->drainRequest().send(),
-                                  env.peer_timeout + absl::Seconds(30),
-                                  absl::StrCat("drain on ", request.to));
-      absl::Status s = reply.ok() ? GetError(reply->getError()) : reply.status();
-      if (!s.ok()) return abort(s);
-    }
+    if (auto s = drain(); !s.ok()) return abort(s);
 
     if (rounds >= max_rounds || job.cancelled()) break;
     auto after = set.Pending();
     if (!after.ok()) return abort(after.status());
-    const double budget_bytes = meter.rate * downtime_ms / 2000.0;
-    if (*after <= budget_bytes || *after >= after_previous_drain) break;
+    if (*after <= budget() || *after >= after_previous_drain) break;
     log(absl::StrFormat(
         "after the drain %u bytes are pending (budget %.0f): more rounds",
-        *after, budget_bytes));
+        *after, budget()));
     after_previous_drain = *after;
     previous = UINT64_MAX;
     pending_now = *after;
+  }
+
+  // Following the guest's own migration: the vGPUs run on (kept nearly
+  // copied by a round whenever the pending bytes outgrow the budget) until
+  // the guest stops for its final copy.
+  GuestMove guest = GuestMove::kRunning;
+  auto poll_guest = [&](absl::Duration keepalive, bool keep_copying,
+                        const std::function<bool(GuestMove)>& done)
+      -> absl::Status {
+    Clock::time_point last_word = Clock::now();
+    for (;;) {
+      if (job.cancelled()) return absl::CancelledError("cancelled");
+      std::string why;
+      auto move = request.follow->Poll(&why);
+      if (!move.ok()) return move.status();
+      if (*move != guest) log(absl::StrCat("guest: ", why));
+      guest = *move;
+      if (guest == GuestMove::kStayed) {
+        return absl::AbortedError(absl::StrCat(
+            "the guest's own migration did not move it: ", why));
+      }
+      if (done(guest)) return absl::OkStatus();
+      if (Clock::now() - last_word >= absl::ToChronoNanoseconds(keepalive)) {
+        if (keep_copying) {
+          auto pending = set.Pending();
+          if (!pending.ok()) return pending.status();
+          pending_now = *pending;
+          if (pending_now > budget()) {
+            if (auto s = run_round(rounds); !s.ok()) return s;
+          }
+        }
+        if (auto s = drain(); !s.ok()) return s;
+        last_word = Clock::now();
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  };
+  if (request.follow != nullptr) {
+    log("precopy: following the guest's migration; the vGPUs stop with it");
+    job.Update([](JobData& d) { d.waiting = "the guest to stop"; });
+    absl::Status s = poll_guest(absl::Milliseconds(250), true,
+                                [](GuestMove m) { return m != GuestMove::kRunning; });
+    job.Update([](JobData& d) { d.waiting.clear(); });
+    if (!s.ok()) return abort(s);
   }
 
   // Perform: stop-copy. From here the guest's vGPUs are stopped.
@@ -598,6 +690,18 @@ void RunMigration(const Env& env, Job& job, const MigrateRequest& request) {
     if (!s.ok()) return abort(s);
   }
   Clock::time_point finished = Clock::now();
+
+  // Following the guest: commit only once it has left this host. If its
+  // migration fails now it resumes here, and so do its vGPUs.
+  if (request.follow != nullptr && guest != GuestMove::kLeft) {
+    job.Update([](JobData& d) { d.waiting = "the guest to leave"; });
+    absl::Status s = poll_guest(absl::Seconds(1), false,
+                                [](GuestMove m) { return m == GuestMove::kLeft; });
+    job.Update([](JobData& d) { d.waiting.clear(); });
+    if (!s.ok()) return abort(s);
+    log(absl::StrFormat("the guest left %.1f ms after the vGPUs stopped",
+                        1000 * Seconds(Clock::now() - stopped)));
+  }
 
   // Confirm: the point of no return. The source stays stopped from here
   // on (unless the destination provably did not activate), then the
@@ -1329,6 +1433,10 @@ class PeerServer final : public schema::Peer::Server {
     }
     log(absl::StrFormat("prepare: %u target device(s) created for %s's job %s",
                         targets.size(), peer_, source_job));
+    job->Update([&](JobData& d) {
+      d.remote_job = source_job;
+      for (const auto& t : targets) d.endpoints.push_back(t->endpoint());
+    });
     auto hints = results.initHints(static_cast<unsigned>(targets.size()));
     for (size_t i = 0; i < targets.size(); ++i) {
       hints.set(static_cast<unsigned>(i), targets[i]->hint());
@@ -1341,6 +1449,56 @@ class PeerServer final : public schema::Peer::Server {
       registry_->impl().by_source_job[source_job] = state;
     }
     results.setIncoming(kj::heap<IncomingServer>(state));
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> pull(PullContext context) override {
+    auto results = context.getResults();
+    if (!greeted_) {
+      SetError(absl::UnauthenticatedError("pull before an accepted hello"),
+               results.initError());
+      return kj::READY_NOW;
+    }
+    MigrateRequest req;
+    req.vm = context.getParams().getVm();
+    req.to = peer_;
+    absl::Status s = env_.inventory->Get(req.vm).status();
+    if (s.ok() && (!env_.guest_gate || !env_.launch)) {
+      s = absl::FailedPreconditionError(absl::StrCat(
+          env_.config->host, " cannot follow the guest of ", req.vm,
+          ": it has no libvirt connection (libvirt.uri in vgpud's config)"));
+    }
+    if (s.ok()) {
+      auto gate = env_.guest_gate(req.vm);
+      if (gate.ok()) {
+        req.follow = std::shared_ptr<GuestGate>(std::move(*gate));
+      } else {
+        s = gate.status();
+      }
+    }
+    std::shared_ptr<Job> job;
+    if (s.ok()) {
+      job = jobs_->Create("migrate", req.vm, req.to);
+      env_.log(absl::StrFormat("host=%s job=%s vm=%s: %s pulls it, following "
+                               "its guest's migration",
+                               env_.config->host, job->id(), req.vm, peer_));
+      // By value: the job outlives this connection.
+      s = env_.launch([env = env_, job, req] { RunMigration(env, *job, req); });
+    }
+    if (s.ok()) {
+      // Answer once the caller is prepared (or the migration failed
+      // before): the caller's hook then knows the devices it will have.
+      JobData d = job->Get();
+      while (d.state == JobState::kRunning && d.phase < Phase::kPreCopy) {
+        d = job->Watch(d.seq, absl::Seconds(1));
+      }
+      results.setJob(job->id());
+      if (d.state != JobState::kRunning && d.state != JobState::kDone) {
+        s = d.error.ok() ? absl::AbortedError("the migration ended") : d.error;
+        internal::SetReport(d.report, results.initReport());
+      }
+    }
+    SetError(s, results.initError());
     return kj::READY_NOW;
   }
 

@@ -14,6 +14,12 @@
 //    serves; prepare creates an incoming job whose Incoming capability
 //    receives the stream and tears everything down unless confirmed.
 //  - RunSnapshot / RunRestore: the same flow with the store at one end.
+//  - Pulls (libvirt's live migration): the destination's hook asks its
+//    vgpud to pull a VM; RunPull asks the source over the peer link, whose
+//    PeerService starts a RunMigration to the asking host that follows the
+//    guest (guest_gate.h): pre-copy until libvirt pauses the guest, confirm
+//    once it has left the source. RunPull ends when the destination is
+//    prepared, with the new devices' endpoints.
 //
 // Each job runs on its own thread; everything it borrows (Env) outlives
 // it. Logs carry host, job, VM and device.
@@ -29,6 +35,7 @@
 #include "migrator/backend.h"
 #include "migrator/compat.h"
 #include "migrator/config.h"
+#include "migrator/guest_gate.h"
 #include "migrator/inventory.h"
 #include "migrator/job.h"
 #include "migrator/tls.h"
@@ -48,6 +55,13 @@ struct Env {
   std::function<HostProfile()> profile;  // what this host offers now
   LogFn log;
   absl::Duration peer_timeout = absl::Seconds(10);
+  // Runs a job body on a thread of its own, joined at shutdown.
+  std::function<absl::Status(std::function<void()>)> launch;
+  // The gate on the guest of VM `vm` (its libvirt domain); null when this
+  // host has no hypervisor connection to follow guests with.
+  std::function<absl::StatusOr<std::unique_ptr<GuestGate>>(
+      const std::string& vm)>
+      guest_gate;
 };
 
 struct MigrateRequest {
@@ -57,6 +71,14 @@ struct MigrateRequest {
   uint64_t bandwidth = 0;    // 0: configured
   uint32_t max_rounds = 0;   // 0: configured
   bool compress = true;
+  // Follow the guest's own migration (pre-copy until it stops, confirm
+  // once it left); null: stop-copy as soon as pre-copy converges.
+  std::shared_ptr<GuestGate> follow;
+};
+
+struct PullRequest {
+  std::string vm;
+  std::string from;  // peer host name holding the VM
 };
 
 // Job bodies: each runs to the end and records the outcome in `job`.
@@ -65,6 +87,12 @@ void RunSnapshot(const Env& env, Job& job, const std::string& vm,
                  const std::string& tag);
 void RunRestore(const Env& env, Job& job, const std::string& snapshot,
                 const std::string& as_name);
+
+// Destination: asks `from` to migrate the VM here following its guest;
+// done once this host is prepared (JobData::endpoints are the new devices,
+// remote_job the source's migration). `jobs` holds the incoming job.
+void RunPull(const Env& env, Job& job, JobTable* jobs,
+             const PullRequest& request);
 
 // The compatibility report of VM `vm` (registered here) on host `to`.
 absl::StatusOr<CompatReport> CheckMove(const Env& env, const std::string& vm,

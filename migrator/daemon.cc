@@ -121,6 +121,12 @@ void FillStatus(const JobData& d, schema::JobStatus::Builder out) {
   out.setTotalSeconds(d.total_seconds);
   out.setRoundBytes(d.round_bytes);
   out.setRoundTotal(d.round_total);
+  out.setWaiting(d.waiting);
+  auto endpoints = out.initEndpoints(static_cast<unsigned>(d.endpoints.size()));
+  for (size_t i = 0; i < d.endpoints.size(); ++i) {
+    endpoints.set(static_cast<unsigned>(i), d.endpoints[i]);
+  }
+  out.setRemoteJob(d.remote_job);
   auto rounds = out.initRounds(d.rounds.size());
   for (size_t i = 0; i < d.rounds.size(); ++i) rounds.set(i, d.rounds[i]);
 }
@@ -154,6 +160,7 @@ class ControlServer final : public schema::Control::Server {
   kj::Promise<void> unregisterVm(UnregisterVmContext context) override;
   kj::Promise<void> check(CheckContext context) override;
   kj::Promise<void> checkHere(CheckHereContext context) override;
+  kj::Promise<void> pull(PullContext context) override;
   kj::Promise<void> migrate(MigrateContext context) override;
   kj::Promise<void> snapshot(SnapshotContext context) override;
   kj::Promise<void> restore(RestoreContext context) override;
@@ -226,6 +233,16 @@ class DaemonImpl : public Daemon {
     env_.profile = [this] { return Profile(); };
     env_.log = log_;
     env_.peer_timeout = absl::Milliseconds(config_.peer_timeout_ms);
+    env_.launch = [this](std::function<void()> body) {
+      return Launch(std::move(body));
+    };
+    if (!config_.libvirt_uri.empty()) {
+      env_.guest_gate = [this](const std::string& vm) {
+        return NewLibvirtGate(
+            config_.libvirt_uri, vm,
+            absl::Milliseconds(config_.libvirt_follow_grace_ms));
+      };
+    }
 
     for (const StaticVm& vm : config_.vms) {
       VmEntry e;
@@ -584,6 +601,31 @@ kj::Promise<void> ControlServer::migrate(MigrateContext context) {
     if (has_pause) job->PauseAt(pause);
     const Env& env = d_->env();
     s = d_->Launch([&env, job, req] { RunMigration(env, *job, req); });
+    if (s.ok()) results.setJob(job->id());
+  }
+  SetError(s, results.initError());
+  return kj::READY_NOW;
+}
+
+kj::Promise<void> ControlServer::pull(PullContext context) {
+  auto p = context.getParams();
+  PullRequest req;
+  req.vm = p.getVm();
+  req.from = p.getFrom();
+  auto results = context.getResults();
+  absl::Status s;
+  if (req.from == d_->config().host) {
+    s = absl::InvalidArgumentError(
+        absl::StrCat("cannot pull ", req.vm, " from this host itself"));
+  } else if (d_->inventory().Get(req.vm).ok()) {
+    s = absl::AlreadyExistsError(
+        absl::StrCat(req.vm, " is already on ", d_->config().host));
+  }
+  if (s.ok()) {
+    auto job = d_->jobs().Create("pull", req.vm, req.from);
+    const Env& env = d_->env();
+    JobTable* jobs = &d_->jobs();
+    s = d_->Launch([&env, job, jobs, req] { RunPull(env, *job, jobs, req); });
     if (s.ok()) results.setJob(job->id());
   }
   SetError(s, results.initError());

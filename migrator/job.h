@@ -65,6 +65,11 @@ struct JobData {
   std::vector<uint64_t> rounds;  // pending after each round
   uint64_t round_bytes = 0;      // sent in the current round
   uint64_t round_total = 0;      // pending when the current round began
+  std::string waiting;           // what the job waits for, if anything
+  // Incoming and pull jobs: the endpoints of the devices created here, and
+  // the other host's job.
+  std::vector<std::string> endpoints;
+  std::string remote_job;
 };
 
 class Job {

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <memory>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -170,10 +171,23 @@ absl::StatusOr<Descriptor> DecodeDescriptor(const std::string& base64) {
   return d;
 }
 
-std::string MetadataElement(const std::vector<MetaDevice>& devices) {
+bool IsHostName(const std::string& name) {
+  if (name.empty() || name.size() > 253) return false;
+  for (char ch : name) {
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(ch)) && ch != '.' &&
+        ch != '-' && ch != '_') {
+      return false;
+    }
+  }
+  return true;
+}
+
+std::string MetadataElement(const std::vector<MetaDevice>& devices,
+                            const std::string& source) {
   Doc doc(xmlNewDoc(X("1.0")));
   xmlNode* vm = xmlNewNode(nullptr, X("vm"));
   xmlDocSetRootElement(doc.get(), vm);
+  if (!source.empty()) xmlNewProp(vm, X("source"), X(source.c_str()));
   for (const MetaDevice& d : devices) {
     xmlNode* dev = xmlNewChild(vm, nullptr, X("device"), nullptr);
     xmlNewProp(dev, X("strategy"), X(d.strategy.c_str()));
@@ -204,6 +218,11 @@ absl::StatusOr<DomainInfo> ReadDomain(const std::string& xml) {
   info.pci_hostdevs = std::move(*pci);
   xmlNode* vm = VgpuElement(root);
   if (vm == nullptr) return info;
+  info.source = Attr(vm, "source");
+  if (!info.source.empty() && !IsHostName(info.source)) {
+    return absl::InvalidArgumentError(
+        "vgpu metadata: the source attribute is not a host name");
+  }
   std::vector<MetaDevice> devices;
   int index = 0;
   for (xmlNode* c = vm->children; c != nullptr; c = c->next) {
@@ -240,7 +259,7 @@ absl::StatusOr<DomainInfo> ReadDomain(const std::string& xml) {
 
 absl::StatusOr<std::string> RewriteDomain(
     const std::string& xml, const std::map<std::string, std::string>& uuid_map,
-    const std::vector<Descriptor>* descriptors) {
+    const std::vector<Descriptor>* descriptors, const std::string* source) {
   auto doc = Parse(xml);
   if (!doc.ok()) return doc.status();
   xmlNode* root = xmlDocGetRootElement(doc->get());
@@ -249,6 +268,7 @@ absl::StatusOr<std::string> RewriteDomain(
     if (it != uuid_map.end()) xmlSetProp(a, X("uuid"), X(it->second.c_str()));
   }
   if (xmlNode* vm = VgpuElement(root)) {
+    if (source != nullptr) xmlSetProp(vm, X("source"), X(source->c_str()));
     size_t index = 0;
     for (xmlNode* c = vm->children; c != nullptr; c = c->next) {
       if (!Ours(c, "device")) continue;

@@ -8,11 +8,16 @@
 //
 // The metadata element, in the domain's <metadata>:
 //
-//   <vgpu:vm xmlns:vgpu="https://vgpu-migrate.dev/xmlns/libvirt/1">
+//   <vgpu:vm xmlns:vgpu="https://vgpu-migrate.dev/xmlns/libvirt/1"
+//            source="host1">
 //     <vgpu:device strategy="mediated" endpoint="5a7c0f3e-...">
 //       <vgpu:descriptor>BASE64 of a DeviceDescriptor message</vgpu:descriptor>
 //     </vgpu:device>
 //   </vgpu:vm>
+//
+// `source` names the host whose vgpud holds the vGPUs (its peer name):
+// the destination's hook asks its vgpud to pull them from there when
+// libvirt migrates the domain, and names itself for the next move.
 #ifndef VGPU_MIGRATOR_HOOK_DOMAIN_XML_H_
 #define VGPU_MIGRATOR_HOOK_DOMAIN_XML_H_
 
@@ -45,6 +50,9 @@ struct DomainInfo {
   std::string uuid;
   // Present only when the domain carries the project's element.
   std::optional<std::vector<MetaDevice>> vgpus;
+  // The metadata's source attribute: the vgpud host holding the vGPUs
+  // (empty when the source did not say).
+  std::string source;
   // UUIDs of <hostdev mode='subsystem' type='mdev'> devices, in order.
   std::vector<std::string> mdevs;
   // PCI addresses ("0000:3b:00.0") of <hostdev mode='subsystem'
@@ -60,15 +68,22 @@ absl::StatusOr<DomainInfo> ReadDomain(const std::string& xml);
 
 // The domain XML with mdev UUIDs replaced as `uuid_map` says (in the
 // hostdev sources and in the metadata's mediated endpoints) and the
-// metadata's descriptors set to `descriptors` (by device index) when given.
-// UUIDs the map does not name stay. Errors as ReadDomain.
+// metadata's descriptors set to `descriptors` (by device index) and its
+// source attribute to `source`, each when given. UUIDs the map does not
+// name stay. Errors as ReadDomain.
 absl::StatusOr<std::string> RewriteDomain(
     const std::string& xml, const std::map<std::string, std::string>& uuid_map,
-    const std::vector<Descriptor>* descriptors);
+    const std::vector<Descriptor>* descriptors,
+    const std::string* source = nullptr);
 
-// The project's metadata element for these devices, without namespace
-// prefixes (virDomainSetMetadata puts it in kNamespace), escaped.
-std::string MetadataElement(const std::vector<MetaDevice>& devices);
+// The project's metadata element for these devices held by host `source`
+// (omitted when empty), without namespace prefixes (virDomainSetMetadata
+// puts it in kNamespace), escaped.
+std::string MetadataElement(const std::vector<MetaDevice>& devices,
+                            const std::string& source = "");
+
+// Whether `name` may be a host name in the metadata: 1-253 of [A-Za-z0-9.-_].
+bool IsHostName(const std::string& name);
 
 // Base64 of a descriptor's message, as the metadata carries it, and back
 // (bounded by the codec's message limits).

@@ -167,5 +167,40 @@ TEST(DomainXml, RewriteMapsMdevUuidsAndSetsDescriptors) {
   EXPECT_FALSE(RewriteDomain("<domain>", map, nullptr).ok());
 }
 
+TEST(DomainXml, TheSourceHostTravelsInTheMetadata) {
+  std::vector<MetaDevice> devs(1);
+  devs[0].strategy = "mediated";
+  devs[0].endpoint = "5a7c0f3e-1d2b-4e8f-9c6a-0b1d2e3f4a01";
+  const std::string element = MetadataElement(devs, "hostA");
+  // As virDomainSetMetadata stores it: the element in the namespace.
+  const std::string stored = absl::StrReplaceAll(
+      element, {{"<vm ", "<vgpu:vm xmlns:vgpu='https://vgpu-migrate.dev/xmlns/"
+                          "libvirt/1' "},
+                {"<device ", "<vgpu:device "},
+                {"</vm>", "</vgpu:vm>"}});
+  auto info = ReadDomain(Domain("<metadata>" + stored + "</metadata>"));
+  ASSERT_TRUE(info.ok()) << info.status() << "\n" << stored;
+  EXPECT_EQ(info->source, "hostA");
+  EXPECT_EQ(ReadDomain(Domain(Meta("")))->source, "") << "not said";
+
+  // The destination names itself for the next move.
+  const std::string here = "hostB";
+  auto out = RewriteDomain(Domain("<metadata>" + stored + "</metadata>"), {},
+                           nullptr, &here);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(ReadDomain(*out)->source, "hostB");
+
+  for (const char* bad : {"host A", "a/b", "a:b", "h\xc3\xa9"}) {
+    auto refused = ReadDomain(Domain(absl::StrCat(
+        "<metadata><vgpu:vm xmlns:vgpu='https://vgpu-migrate.dev/xmlns/"
+        "libvirt/1' source='", bad, "'/></metadata>")));
+    ASSERT_FALSE(refused.ok()) << bad;
+    EXPECT_THAT(std::string(refused.status().message()),
+                HasSubstr("source attribute is not a host name"));
+  }
+  EXPECT_FALSE(IsHostName(std::string(254, 'a')));
+  EXPECT_TRUE(IsHostName("node-7.rack_2.example"));
+}
+
 }  // namespace
 }  // namespace vgpu::hook

@@ -69,8 +69,26 @@ class Vgpud {
     return false;
   }
 
-  // Waits for a job to end; its error, if it failed.
-  absl::Status WaitJob(const std::string& job) {
+  // The job holding VM `vm` here ("" when none, or no such VM).
+  absl::StatusOr<std::string> JobOf(const std::string& vm) {
+    auto reply = Call(api_->listVmsRequest().send(), "list");
+    if (!reply.ok()) return reply.status();
+    for (auto v : reply->getVms()) {
+      if (vm == v.getName().cStr()) return std::string(v.getJob().cStr());
+    }
+    return std::string();
+  }
+
+  absl::StatusOr<std::string> HostName() {
+    auto reply = Call(api_->hostInfoRequest().send(), "hostInfo");
+    if (!reply.ok()) return reply.status();
+    return std::string(reply->getHost().cStr());
+  }
+
+  // Waits for a job to end; its error, if it failed. `endpoints` gets the
+  // job's device endpoints on this host.
+  absl::Status WaitJob(const std::string& job,
+                       std::vector<std::string>* endpoints = nullptr) {
     uint64_t seq = 0;
     for (;;) {
       auto req = api_->watchRequest();
@@ -83,7 +101,12 @@ class Vgpud {
       auto st = reply->getStatus();
       seq = st.getSeq();
       const std::string state = st.getState();
-      if (state == "done") return absl::OkStatus();
+      if (state == "done") {
+        if (endpoints != nullptr) {
+          for (auto e : st.getEndpoints()) endpoints->push_back(e);
+        }
+        return absl::OkStatus();
+      }
       if (state == "failed" || state == "cancelled") {
         absl::Status e = GetError(st.getError());
         return e.ok() ? absl::AbortedError(absl::StrCat("job ", job, " ",
@@ -162,32 +185,20 @@ absl::Status CheckHere(Context& c) {
   return GetError(reply->getError());
 }
 
-// When the vGPU state already arrived (vgpu-migrate --to ran first), the
-// domain's mdev UUIDs and metadata endpoints still name the source's
-// instances: rewrite them to the ones vgpud created here, by device order.
-absl::Status RewriteForThisHost(Context& c) {
-  auto conn = c.Daemon();
-  if (!conn.ok()) return conn.status();
-  Vgpud* v = *conn;
-  auto reply = v->Call(v->api().listVmsRequest().send(), "list");
-  if (!reply.ok()) return reply.status();
+// The domain XML for this host: mdev UUIDs and the metadata's endpoints
+// name the source's instances; rewrite them to `here` (this host's
+// endpoints, by device order), and name this host as the one holding the
+// vGPUs, for the next move.
+absl::Status RewriteForThisHost(Context& c, const std::vector<std::string>& here,
+                                const std::string& host) {
   std::map<std::string, std::string> map;
-  for (auto vm : reply->getVms()) {
-    if (c.name() != vm.getName().cStr()) continue;
-    auto here = vm.getDevices();
-    const auto& there = *c.domain.vgpus;
-    for (size_t i = 0; i < there.size() && i < here.size(); ++i) {
-      const std::string local = here[static_cast<unsigned>(i)].getEndpoint();
-      if (there[i].strategy == "mediated" &&
-          std::string(here[static_cast<unsigned>(i)].getStrategy().cStr()) ==
-              "mediated" &&
-          local != there[i].endpoint) {
-        map[there[i].endpoint] = local;
-      }
+  const auto& there = *c.domain.vgpus;
+  for (size_t i = 0; i < there.size() && i < here.size(); ++i) {
+    if (there[i].strategy == "mediated" && here[i] != there[i].endpoint) {
+      map[there[i].endpoint] = here[i];
     }
   }
-  if (map.empty()) return absl::OkStatus();
-  auto out = RewriteDomain(c.xml, map, nullptr);
+  auto out = RewriteDomain(c.xml, map, nullptr, &host);
   if (!out.ok()) return out.status();
   c.result->out = *out;
   for (const auto& [from, to] : map) {
@@ -197,9 +208,66 @@ absl::Status RewriteForThisHost(Context& c) {
   return absl::OkStatus();
 }
 
+// The endpoints of VM `name`'s devices in vgpud here, in order.
+absl::StatusOr<std::vector<std::string>> EndpointsHere(Vgpud* v,
+                                                       const std::string& name) {
+  auto reply = v->Call(v->api().listVmsRequest().send(), "list");
+  if (!reply.ok()) return reply.status();
+  std::vector<std::string> out;
+  for (auto vm : reply->getVms()) {
+    if (name != vm.getName().cStr()) continue;
+    for (auto d : vm.getDevices()) out.push_back(d.getEndpoint());
+  }
+  return out;
+}
+
+// An incoming migration. Either the vGPU state already arrived
+// (`vgpu-migrate --to` ran first), or this host pulls it from the host the
+// metadata names: that host's vgpud pre-copies while libvirt copies the
+// guest, stops the vGPUs when libvirt pauses the guest, and hands them
+// over once the guest has left it (docs/LIBVIRT.md). Either way the domain
+// XML is rewritten to this host's devices.
 absl::Status OnMigrateBegin(Context& c) {
   if (absl::Status s = CheckHere(c); !s.ok()) return s;
-  return RewriteForThisHost(c);
+  auto conn = c.Daemon();
+  if (!conn.ok()) return conn.status();
+  Vgpud* v = *conn;
+  auto host = v->HostName();
+  if (!host.ok()) return host.status();
+  auto has = v->Has(c.name());
+  if (!has.ok()) return has.status();
+  if (*has) {
+    auto here = EndpointsHere(v, c.name());
+    if (!here.ok()) return here.status();
+    return RewriteForThisHost(c, *here, *host);
+  }
+  const std::string& from = c.domain.source;
+  if (from.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the vGPU state of ", c.name(), " is not on ", *host,
+        " and the domain's metadata names no host to pull it from: run "
+        "`vgpu-migrate annotate ", c.name(), "` on the source first"));
+  }
+  if (from == *host) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the metadata says ", *host, " holds the vGPUs of ", c.name(),
+        ", but its vgpud does not have them"));
+  }
+  auto req = v->api().pullRequest();
+  req.setVm(c.name());
+  req.setFrom(from);
+  auto started = v->Call(req.send(), "pull");
+  if (!started.ok()) return started.status();
+  if (auto s = GetError(started->getError()); !s.ok()) return s;
+  std::vector<std::string> here;
+  if (auto s = v->WaitJob(started->getJob(), &here); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("pulling the vGPUs from ", from,
+                                               ": ", s.message()));
+  }
+  absl::StrAppend(&c.result->err, "vgpu-libvirt-hook: ", c.name(),
+                  ": vGPUs follow the guest from ", from, " (", here.size(),
+                  " device(s) prepared here)\n");
+  return RewriteForThisHost(c, here, *host);
 }
 
 absl::Status OnRestoreBegin(Context& c) {
@@ -257,7 +325,9 @@ absl::Status OnPrepareBegin(Context& c) {
                     ": vGPU state restored from snapshot ", newest, "\n");
     return absl::OkStatus();
   }
-  if (*has) return absl::OkStatus();  // registered by its launcher
+  // Registered by its launcher, or reserved by its arriving vGPUs (an
+  // incoming migration): nothing to do.
+  if (*has) return absl::OkStatus();
   auto req = v->api().registerVmRequest();
   auto vm = req.initVm();
   vm.setName(c.name());
@@ -278,9 +348,20 @@ absl::Status OnStoppedEnd(Context& c) {
   auto conn = c.Daemon();
   if (!conn.ok()) return conn.status();
   Vgpud* v = *conn;
+  auto job = v->JobOf(c.name());
+  if (!job.ok()) return job.status();
   auto has = v->Has(c.name());
   if (!has.ok()) return has.status();
   if (!*has) return absl::OkStatus();  // it left with a migration
+  if (!job->empty()) {
+    // Its vGPUs are moving with the guest (a pull): they are the
+    // destination's now. (Waiting here would hold libvirt's lock on the
+    // domain, which that migration watches.)
+    absl::StrAppend(&c.result->err, "vgpu-libvirt-hook: ", c.name(),
+                    ": vGPUs are leaving with job ", *job,
+                    "; nothing to save\n");
+    return absl::OkStatus();
+  }
   auto req = v->api().snapshotRequest();
   req.setVm(c.name());
   req.setTag(kSnapshotTag);
@@ -322,8 +403,8 @@ struct Operation {
 // Operations not listed (start, started, reconnect, attach, ...) pass.
 constexpr Operation kOperations[] = {
     {"migrate", "begin", true, OnMigrateBegin,
-     "incoming migration: refuse vGPUs this host cannot run; rewrite mdev "
-     "UUIDs to the instances that took their state here"},
+     "incoming migration: refuse vGPUs this host cannot run; pull them from "
+     "the source unless they are here; rewrite mdev UUIDs to this host's"},
     {"restore", "begin", true, OnRestoreBegin,
      "virsh restore: refuse vGPUs this host cannot run; mark the restore"},
     {"prepare", "begin", true, OnPrepareBegin,

@@ -35,6 +35,7 @@ namespace vgpu::hook {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 constexpr char kUuid[] = "5a7c0f3e-1d2b-4e8f-9c6a-0b1d2e3f4a01";
 
@@ -58,27 +59,40 @@ bool Accepts(const std::string& path) {
   return ok;
 }
 
-// One vgpud with a reference mediated GPU (type REF-4C, 32 MiB instances).
+int PortOf(int which) { return 20000 + (getpid() % 10000) * 2 + which; }
+
+// One vgpud with a reference mediated GPU (type REF-4C, 32 MiB instances):
+// h1 (the tests' host, index 1), or h0 (index 0, a source to pull from,
+// with libvirt's test driver as its hypervisor). Each names the other as a
+// peer on loopback.
 class Vgpud {
  public:
-  Vgpud() {
-    socket_ = Dir() + "/control.sock";
-    std::ofstream(Dir() + "/vgpud.json")
+  explicit Vgpud(int which = 1) {
+    const std::string name = absl::StrCat("h", which);
+    const std::string dir = absl::StrCat(Dir(), "/", name);
+    mkdir(dir.c_str(), 0700);
+    socket_ = dir + "/control.sock";
+    std::ofstream(dir + "/vgpud.json")
         << R"({"mediated": {"reference": {"type": "REF-4C", "instances": 4,
-              "vram": "32M", "workload": "4M"}}})";
+              "vram": "32M", "workload": "4M"}})"
+        << (which == 0 ? R"(, "libvirt": {"uri": "test:///default",
+                            "follow_grace_ms": 1500})"
+                       : "")
+        << "}";
     const std::string bin =
         absl::StrCat(std::getenv("TEST_SRCDIR"), "/vgpu_migrate/migrator/vgpud");
-    const std::string port = std::to_string(20000 + getpid() % 20000);
     std::vector<std::string> args = {
-        bin, "--config", Dir() + "/vgpud.json", "--host", "h1", "--listen",
-        "127.0.0.1:" + port, "--control", socket_, "--store", Dir() + "/store",
-        "--run-dir", Dir() + "/run", "--insecure"};
+        bin, "--config", dir + "/vgpud.json", "--host", name, "--listen",
+        absl::StrCat("127.0.0.1:", PortOf(which)), "--peer",
+        absl::StrCat("h", 1 - which, "=127.0.0.1:", PortOf(1 - which)),
+        "--control", socket_, "--store", dir + "/store",
+        "--run-dir", dir + "/run", "--insecure"};
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 2, (Dir() + "/vgpud.log").c_str(),
+    posix_spawn_file_actions_addopen(&fa, 2, (dir + "/vgpud.log").c_str(),
                                      O_WRONLY | O_CREAT | O_TRUNC, 0644);
     EXPECT_EQ(posix_spawn(&pid_, bin.c_str(), &fa, nullptr, argv.data(),
                           environ),
@@ -111,6 +125,48 @@ class Vgpud {
     }
     return out;
   }
+  struct JobSeen {
+    std::string kind, state, error, waiting;
+  };
+  // The jobs about VM `vm`, oldest first.
+  std::vector<JobSeen> Jobs(const std::string& vm) {
+    auto rpc = migrator::internal::RpcClient::ConnectUnix(socket_);
+    std::vector<JobSeen> out;
+    if (!rpc.ok()) return out;
+    auto api = (*rpc)->Bootstrap<schema::Control>();
+    auto reply = (*rpc)->Wait(api.jobsRequest().send(), absl::Seconds(5), "jobs");
+    if (!reply.ok()) return out;
+    for (auto j : reply->getJobs()) {
+      if (vm != j.getVm().cStr()) continue;
+      out.push_back({j.getKind(), j.getState(), j.getError().getMessage(),
+                     j.getWaiting()});
+    }
+    return out;
+  }
+  // The job holding VM `vm` ("" if none or no such VM).
+  std::string JobOf(const std::string& vm) {
+    auto rpc = migrator::internal::RpcClient::ConnectUnix(socket_);
+    if (!rpc.ok()) return "";
+    auto api = (*rpc)->Bootstrap<schema::Control>();
+    auto reply = (*rpc)->Wait(api.listVmsRequest().send(), absl::Seconds(5),
+                              "list");
+    if (!reply.ok()) return "";
+    for (auto v : reply->getVms()) {
+      if (vm == v.getName().cStr()) return v.getJob();
+    }
+    return "";
+  }
+  // Waits (up to `seconds`) until no job about `vm` runs; the jobs then.
+  std::vector<JobSeen> Settled(const std::string& vm, int seconds = 20) {
+    for (int i = 0; i < seconds * 20; ++i) {
+      auto jobs = Jobs(vm);
+      bool running = false;
+      for (const auto& j : jobs) running |= j.state == "running";
+      if (!running) return jobs;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return Jobs(vm);
+  }
   std::vector<std::string> SnapshotTags(const std::string& vm) {
     auto rpc = migrator::internal::RpcClient::ConnectUnix(socket_);
     auto api = (*rpc)->Bootstrap<schema::Control>();
@@ -129,10 +185,15 @@ class Vgpud {
 };
 
 Vgpud* daemon = nullptr;
+Vgpud* source = nullptr;
 
 Vgpud& Daemon() {
-  if (daemon == nullptr) daemon = new Vgpud();
+  if (daemon == nullptr) daemon = new Vgpud(1);
   return *daemon;
+}
+Vgpud& Source() {
+  if (source == nullptr) source = new Vgpud(0);
+  return *source;
 }
 
 // Stops vgpud and removes the scratch directory when the tests end.
@@ -141,7 +202,12 @@ class Cleanup : public ::testing::Environment {
   void TearDown() override {
     delete daemon;
     daemon = nullptr;
-    std::system(absl::StrCat("rm -rf '", Dir(), "'").c_str());
+    delete source;
+    source = nullptr;
+    // VGPU_KEEP_TEST_DIR=1 keeps the daemons' logs for a look.
+    if (std::getenv("VGPU_KEEP_TEST_DIR") == nullptr) {
+      std::system(absl::StrCat("rm -rf '", Dir(), "'").c_str());
+    }
   }
 };
 const auto* const kCleanup = ::testing::AddGlobalTestEnvironment(new Cleanup);
@@ -157,13 +223,16 @@ std::string DescriptorOf(const std::string& type) {
   return EncodeDescriptor(*d);
 }
 
-std::string Domain(const std::string& name, const std::string& devices) {
+// `source`: the host the metadata says holds the vGPUs.
+std::string Domain(const std::string& name, const std::string& devices,
+                   const std::string& source = "") {
   return absl::StrCat(
       "<domain type='kvm'><name>", name,
       "</name><uuid>6f1c2a9e-3b7d-4c1e-9a55-0d2f4e8b7c31</uuid>",
       devices.empty()
           ? ""
-          : absl::StrCat("<metadata><vgpu:vm xmlns:vgpu='", kNamespace, "'>",
+          : absl::StrCat("<metadata><vgpu:vm xmlns:vgpu='", kNamespace, "'",
+                         source.empty() ? "" : " source='" + source + "'", ">",
                          devices, "</vgpu:vm></metadata>"),
       "<devices><hostdev mode='subsystem' type='mdev'><source><address uuid='",
       kUuid, "'/></source></hostdev></devices></domain>");
@@ -193,11 +262,122 @@ HookResult Hook(const std::string& domain, const std::string& op,
   return RunHook({domain, op, sub, "-"}, xml, o);
 }
 
-TEST(Hook, MigrateBeginAdmitsWhatThisHostCanRun) {
+// The vGPU state is neither here nor anywhere the metadata names: the guest
+// must not arrive without it.
+TEST(Hook, MigrateBeginWithoutTheStateOrASourceIsRefused) {
   HookResult r = Hook("vm1", "migrate", "begin",
-                     Domain("vm1", Mediated(DescriptorOf("REF-4C"))));
-  EXPECT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_EQ(r.out, "") << "empty output: the XML stays as it is";
+                      Domain("vm1", Mediated(DescriptorOf("REF-4C"))));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("is not on h1 and the domain's metadata names "
+                               "no host to pull it from"));
+  EXPECT_THAT(r.err, HasSubstr("vgpu-migrate annotate vm1"));
+  EXPECT_EQ(r.out, "");
+  r = Hook("vm1", "migrate", "begin",
+           Domain("vm1", Mediated(DescriptorOf("REF-4C")), "h1"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("the metadata says h1 holds the vGPUs of vm1, "
+                               "but its vgpud does not have them"));
+}
+
+HookOptions SourceOptions() {
+  HookOptions o = Options();
+  o.socket = Source().socket();
+  o.state_dir = Dir() + "/state0";
+  return o;
+}
+
+// libvirt migrates "test" (the domain libvirt's test driver runs on h0)
+// to h1: h1's hook pulls the vGPUs from h0, whose migration pre-copies
+// while it waits for libvirt to pause the guest. The test driver never
+// migrates anything, so after h0's grace (1.5 s) the vGPUs stay on h0,
+// running, and h1 keeps nothing.
+TEST(Hook, MigrateBeginPullsTheVgpusFromTheHostTheMetadataNames) {
+  ASSERT_EQ(RunHook({"test", "prepare", "begin", "-"},
+                    Domain("test", Mediated()), SourceOptions())
+                .exit_code,
+            0);
+  ASSERT_THAT(Source().Vms(), ::testing::Contains("test"));
+
+  HookResult r = Hook("test", "migrate", "begin",
+                      Domain("test", Mediated(DescriptorOf("REF-4C")), "h0"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("test: vGPUs follow the guest from h0 (1 "
+                               "device(s) prepared here)"));
+  auto info = ReadDomain(r.out);
+  ASSERT_TRUE(info.ok()) << info.status() << "\n" << r.out;
+  EXPECT_EQ(info->source, "h1") << "h1 holds them next";
+  const std::string here = (*info->vgpus)[0].endpoint;
+  EXPECT_NE(here, kUuid) << "h1's own instance";
+  EXPECT_EQ(info->mdevs, std::vector<std::string>{here});
+
+  // QEMU starts next: the VM is reserved by the arriving vGPUs, not
+  // registered anew.
+  HookResult prepare = Hook("test", "prepare", "begin", r.out);
+  EXPECT_EQ(prepare.exit_code, 0) << prepare.err;
+  EXPECT_THAT(Daemon().JobOf("test"), ::testing::StartsWith("h1-incoming-"));
+  // h0 pre-copies and waits for the guest to stop.
+  std::vector<Vgpud::JobSeen> during;
+  for (int i = 0; i < 40; ++i) {
+    during = Source().Jobs("test");
+    if (!during.empty() && !during.back().waiting.empty()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  ASSERT_FALSE(during.empty());
+  EXPECT_EQ(during.back().kind, "migrate");
+  EXPECT_EQ(during.back().state, "running");
+  EXPECT_EQ(during.back().waiting, "the guest to stop");
+
+  auto after = Source().Settled("test");
+  ASSERT_FALSE(after.empty());
+  EXPECT_EQ(after.back().state, "failed");
+  EXPECT_THAT(after.back().error,
+              HasSubstr("the guest's own migration did not move it: domain "
+                        "test is running and no migration of it began "
+                        "within 1.5s"));
+  std::string health;
+  ASSERT_THAT(Source().Vms(&health), ::testing::Contains("test"));
+  EXPECT_THAT(health, HasSubstr("RUNNING")) << "h0's vGPU resumed";
+  bool torn_down = false;
+  for (const auto& j : Daemon().Settled("test")) {
+    if (j.kind == "incoming") {
+      torn_down = j.state == "failed" || j.state == "cancelled";
+      EXPECT_THAT(j.error, HasSubstr("the source aborted")) << j.state;
+    }
+  }
+  EXPECT_TRUE(torn_down) << "h1's incoming job ended without the vGPUs";
+  EXPECT_THAT(Daemon().Vms(), Not(::testing::Contains("test")));
+  EXPECT_EQ(RunHook({"test", "release", "end", "-"}, Domain("test", Mediated()),
+                    SourceOptions())
+                .exit_code,
+            0);
+}
+
+// A pull needs a source that can watch the guest (a libvirt connection)
+// and a guest there to watch.
+TEST(Hook, APullNeedsASourceThatCanFollowTheGuest) {
+  const std::string desc = DescriptorOf("REF-4C");
+  ASSERT_EQ(Hook("vm8", "prepare", "begin", Domain("vm8", Mediated())).exit_code,
+            0);
+  HookResult r = RunHook({"vm8", "migrate", "begin", "-"},
+                         Domain("vm8", Mediated(desc), "h1"), SourceOptions());
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("h1 cannot follow the guest of vm8: it has no "
+                               "libvirt connection"));
+  EXPECT_THAT(Daemon().Vms(), ::testing::Contains("vm8")) << "left alone";
+  EXPECT_EQ(Hook("vm8", "release", "end", Domain("vm8", Mediated())).exit_code,
+            0);
+
+  ASSERT_EQ(RunHook({"vm9", "prepare", "begin", "-"}, Domain("vm9", Mediated()),
+                    SourceOptions())
+                .exit_code,
+            0);
+  r = Hook("vm9", "migrate", "begin", Domain("vm9", Mediated(desc), "h0"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("has no running domain vm9 to follow"));
+  EXPECT_EQ(RunHook({"vm9", "release", "end", "-"}, Domain("vm9", Mediated()),
+                    SourceOptions())
+                .exit_code,
+            0);
 }
 
 // The vGPU state arrived first (as vgpu-migrate --to does): the domain XML

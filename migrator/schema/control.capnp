@@ -64,6 +64,11 @@ struct JobStatus {
   rounds @21 :List(UInt64);       # pending bytes after each round
   roundBytes @22 :UInt64;         # state bytes sent in the current round
   roundTotal @23 :UInt64;         # what the current round set out to send
+  waiting @24 :Text;              # what the job waits for ("the guest to stop")
+  # incoming and pull jobs: the devices created here, and the other host's
+  # job (a pull's migration on the source, an incoming's on the source).
+  endpoints @25 :List(Text);
+  remoteJob @26 :Text;
 }
 
 struct SnapshotRecord {
@@ -124,4 +129,12 @@ interface Control {
   # libvirt hook, which vetoes an incoming domain it cannot host.
   checkHere @17 (devices :List(D.DeviceDescriptor))
       -> (report :C.CompatReport, error :C.Error);
+
+  # Pull VM `vm` from host `from` (a peer) as the guest's own migration
+  # moves it (libvirt's live migration; the destination's hook calls this
+  # on `migrate begin`). `from` must have a libvirt connection: its
+  # migration pre-copies until libvirt pauses the guest and confirms once
+  # the guest has left it. The pull job is done when this host is
+  # prepared; its status names the new devices (`endpoints`).
+  pull @18 (vm :Text, from :Text) -> (job :Text, error :C.Error);
 }

@@ -43,6 +43,13 @@ interface Peer {
   # job's vGPUs? An incoming job still waiting for confirm is torn down
   # first, so the answer is final. known=false: no such job here.
   outcome @3 (job :Text) -> (known :Bool, activated :Bool);
+
+  # The caller (the hello'd host) asks for VM `vm`, whose guest libvirt is
+  # migrating to it: this host starts a migration of the VM to the caller
+  # that follows the guest (pre-copy until the guest pauses, confirm once
+  # it has left), and answers once the caller is prepared (or refused,
+  # with the report). `job` is that migration's id here.
+  pull @4 (vm :Text) -> (job :Text, error :C.Error, report :C.CompatReport);
 }
 
 interface Incoming {

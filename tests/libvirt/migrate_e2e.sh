@@ -1,25 +1,26 @@
 #!/usr/bin/env bash
-# migrate_e2e.sh — a live migration of a guest with a mediated vGPU between
-# two hosts on this machine, each a network namespace with its own vgpud
-# (reference mediated GPU, mutual TLS between the two) and its own libvirtd
-# with vgpu-migrate's hook installed:
+# migrate_e2e.sh — `virsh migrate --live` of a guest with a mediated vGPU
+# between two hosts on this machine, each a network namespace with its own
+# libvirtd (vgpu-migrate's hook installed) and its own vgpud (reference
+# mediated GPU, mutual TLS between the two, a read-only libvirt
+# connection), the vGPU state following the guest through the hooks:
 #
 #   1. virsh start on host A: the hook registers the vGPU with A's vgpud;
-#      `vgpu-migrate annotate` writes its descriptor into the domain's
-#      metadata, so that B's hook checks it before accepting the guest.
-#   2. vgpu-migrate --to hostB: the vGPU state moves to B's vgpud (pre-copy
-#      while the guest runs, then stop-copy).
-#   3. virsh migrate --live A -> B: on B the hook's migrate begin rewrites
-#      the domain's mdev UUID to the instance that took the state there and
-#      prepare begin finds the VM already registered; on A the hook's
-#      stopped end finds it gone and saves nothing.
-#   4. On B the guest's counter goes on without a reboot and the vGPU runs
+#      `vgpu-migrate annotate` writes its descriptor and A's name into the
+#      domain's metadata.
+#   2. virsh migrate --live A -> B, nothing else: B's hook (migrate begin)
+#      checks the descriptor, asks B's vgpud to pull the vGPU from A, and
+#      rewrites the domain's mdev UUID to B's instance. A's vgpud
+#      pre-copies while QEMU copies the guest, stops the vGPU when libvirt
+#      pauses the guest, and hands it over once the guest has left A.
+#   3. On B the guest's counter goes on without a reboot and the vGPU runs
 #      with its stamps intact and its context sequences rising; A has
-#      neither.
-#
-# libvirt calls no hook on the source when its migration starts or pauses
-# the guest (tests/libvirt/README.md), so the vGPU moves first, by
-# vgpu-migrate, and is stopped from its stop-copy until QEMU resumes on B.
+#      neither, and saved nothing.
+#   4. A migration B -> A that libvirt fails (QEMU sent to a closed port
+#      after B's hook pulled): the guest stays on B and so does the vGPU,
+#      running; A keeps nothing.
+#   5. virsh migrate --live --p2p B -> A: the vGPU follows back (the
+#      metadata now names B).
 #
 # Usage (root; from the repository root after building vgpud, vgpu-migrate
 # and vgpu-libvirt-hook): tests/libvirt/migrate_e2e.sh
@@ -39,12 +40,13 @@ HOOK=$BIN/migrator/hook/vgpu-libvirt-hook
 DOM=vgpu-mig
 VGPUD_PIDS=()
 
-start_vgpud() {  # NAME NS IP PEER PEER_IP
-  local name=$1 ns=$2 ip=$3 peer=$4 pip=$5
+start_vgpud() {  # NAME NS IP PEER PEER_IP LIBVIRT_URI
+  local name=$1 ns=$2 ip=$3 peer=$4 pip=$5 uri=$6
   mkdir -p "$WORK/$name"
   cat > "$WORK/$name/vgpud.json" <<JSON
 {"mediated": {"reference": {"type": "REF-4C", "instances": 4, "vram": "32M",
-                            "contexts": 4, "workload": "4M"}}}
+                            "contexts": 4, "workload": "4M"}},
+ "libvirt": {"uri": "$uri"}}
 JSON
   ip netns exec "$ns" "$VGPUD" --config "$WORK/$name/vgpud.json" --host "$name" \
     --listen "$ip:7480" --peer "$peer=$pip:7480" --tls-dir "$WORK/certs" \
@@ -52,7 +54,7 @@ JSON
     --run-dir "$WORK/$name/run" >"$WORK/$name/vgpud.log" 2>&1 &
   VGPUD_PIDS+=($!)
   for _ in $(seq 1 100); do
-    "$CLI" --socket "$WORK/$name/control.sock" list >/dev/null 2>&1 && { echo "vgpud $name up on $ip"; return 0; }
+    "$CLI" --socket "$WORK/$name/control.sock" list >/dev/null 2>&1 && { echo "vgpud $name up on $ip, libvirt $uri"; return 0; }
     sleep 0.1
   done
   echo "vgpud $name did not come up"; tail -5 "$WORK/$name/vgpud.log"; return 1
@@ -64,22 +66,48 @@ runs_on() {  # HOST VAR
   echo -n "$1: "
   vgpu_wait_intact "$WORK/$1/control.sock" "$DOM" "$2"
 }
-# B's domain names B's own vGPU instance (the hook rewrote the UUID).
-domain_names_local_vgpu() {  # URI
+# The domain on host H names H's own vGPU instance (the hook rewrote the
+# UUID) and H as the holder of the vGPU.
+domain_names_local_vgpu() {  # HOST URI
   local ep
-  ep=$(vgpu_device "$WORK/hostB/control.sock" "$DOM" endpoint)
-  echo "hostB's instance $ep; source's $UUID_SRC"
-  [[ $ep != "$UUID_SRC" ]] && virsh -q -c "$1" dumpxml "$DOM" | grep -q "endpoint=\"$ep\""
+  ep=$(vgpu_device "$WORK/$1/control.sock" "$DOM" endpoint)
+  echo "$1's instance $ep; the first host's $UUID_SRC"
+  [[ $ep != "$UUID_SRC" ]] || return 1
+  virsh -q -c "$2" dumpxml "$DOM" | grep -q "endpoint=\"$ep\"" || return 1
+  virsh -q -c "$2" dumpxml "$DOM" | grep -o "source=\"$1\"" | head -n 1 | grep .
 }
 UUID_SRC=5a7c0f3e-1d2b-4e8f-9c6a-0b1d2e3f4a01
-gone_from() { [[ -z $(health_at "$1") ]] && echo "$1 no longer has $DOM"; }
+gone_from() { [[ -z $(health_at "$1") ]] && echo "$1 has no $DOM"; }
 no_snapshot_on() { ! cli_at "$1" snapshots "$DOM" | grep -q libvirt-stopped; echo "no libvirt-stopped snapshot on $1"; }
-still_rising() {
-  local h; sleep 1; h=$(health_at hostB)
-  echo "hostB after the move: ${H_B##*sequences } -> ${h##*sequences }"
-  (( $(seq_of "$h") > $(seq_of "$H_B") ))
+still_rising() {  # HOST VAR
+  local h before=${!2}; sleep 1; h=$(health_at "$1")
+  echo "$1 after the move: ${before##*sequences } -> ${h##*sequences }"
+  (( $(seq_of "$h") > $(seq_of "$before") ))
 }
-libvirt_migrate() { migrate $NSA "$WORK/hA" $IPB --live --persistent --undefinesource; cat "$MIG_OUT"; }
+# What the source's vgpud saw of the guest while its vGPU followed it, and
+# the job's outcome.
+followed() {  # SOURCE-HOST
+  grep -E 'guest: |the guest left|aborting' "$WORK/$1/vgpud.log" | sed 's/^[^ ]* vgpud /  /' | tail -n 4
+  cli_at "$1" jobs | tail -n 1
+}
+# The last migrate job on HOST ended as STATE.
+last_migrate_is() {  # HOST STATE
+  local line; line=$(cli_at "$1" jobs | awk '$2 == "migrate"' | tail -n 1)
+  echo "$line"
+  [[ $(awk '{print $5}' <<<"$line") == "$2" ]]
+}
+libvirt_migrate() {  # NS DIR DEST-IP virsh-options...
+  migrate "$@" --persistent --undefinesource; cat "$MIG_OUT"
+}
+# A migration libvirt fails after the destination's hook ran: QEMU is told
+# to send the guest to the source's own address, where nothing listens.
+failing_migrate() {  # NS DIR DEST-IP SOURCE-IP
+  if ip netns exec "$1" virsh -c "$(lv_uri "$2")" migrate --live "$DOM" \
+       "qemu+tcp://$3/system" --migrateuri "tcp://$4" >"$WORK/failed.out" 2>&1; then
+    echo "the migration succeeded"; return 1
+  fi
+  cat "$WORK/failed.out"
+}
 
 mig_cleanup() {
   local rc=$?
@@ -105,8 +133,6 @@ mig_main() {
   step "guest: make_guest.sh" "$HERE/make_guest.sh" "$GUEST_DIR"
   step "netns + veth ($IPA <-> $IPB)" net_up
   step "TLS: vgpu-migrate certs" "$CLI" certs "$WORK/certs" hostA hostB
-  step "vgpud on hostA" start_vgpud hostA $NSA $IPA hostB $IPB
-  step "vgpud on hostB" start_vgpud hostB $NSB $IPB hostA $IPA
   step "libvirt root A" lv_prepare "$A" "$UUIDA" "${TCP_CONF[@]}"
   step "libvirt root B" lv_prepare "$B" "$UUIDB" "${TCP_CONF[@]}"
   step "probe hook on A" lv_install_probe_hook "$A" "$WORK/hookA.log"
@@ -117,27 +143,47 @@ mig_main() {
     --socket "$WORK/hostB/control.sock" --state-dir "$WORK/hookstateB" --timeout 60
   step "libvirtd -d --listen in $NSA" lv_start "$A" $NSA --listen
   step "libvirtd -d --listen in $NSB" lv_start "$B" $NSB --listen
+  local UA UB; UA=$(lv_uri "$A"); UB=$(lv_uri "$B")
+  step "vgpud on hostA" start_vgpud hostA $NSA $IPA hostB $IPB "$UA"
+  step "vgpud on hostB" start_vgpud hostB $NSB $IPB hostA $IPA "$UB"
   step "domain type (kvm, else qemu)" lv_domain_type "$A"
   domain_xml "$DOM" "$LV_TYPE" "$GUEST_DIR" "$CON" 128 > "$WORK/domain.xml"
-  local UA; UA=$(lv_uri "$A")
   step "define + start on A (hook registers)" bash -c "virsh -q -c '$UA' define '$WORK/domain.xml' && virsh -q -c '$UA' start $DOM"
   step "boot: wait 'vgpu-guest: up'" wait_console "$CON" 'vgpu-guest: up' 60
   step "wait for tick 2" wait_console "$CON" 'vgpu-guest: tick 2 ' 30
   step "vGPU runs on hostA" runs_on hostA H_A
+  step "vgpu-migrate annotate (descriptors, holder)" cli_at hostA annotate "$DOM" --libvirt-uri "$UA"
 
-  step "vgpu-migrate annotate (descriptors)" cli_at hostA annotate "$DOM" --libvirt-uri "$UA"
-  step "vgpu-migrate --to hostB $DOM" cli_at hostA --to hostB "$DOM"
-  step "vGPU runs on hostB" runs_on hostB H_B
-  local before lines; before=$(last_tick "$CON"); lines=$(wc -l < "$CON")
-  step "virsh migrate --live A -> B" libvirt_migrate
+  local before lines
+  before=$(last_tick "$CON"); lines=$(wc -l < "$CON")
+  step "virsh migrate --live A -> B (and nothing else)" libvirt_migrate $NSA "$A" $IPB --live
   step "guest resumed on B (no reboot)" guest_resumed "$CON" "$lines" "$before"
-  step "domain runs on B" bash -c "virsh -q -c '$(lv_uri "$B")' domstate $DOM | grep -x running"
-  step "B's domain names B's vGPU (hook)" domain_names_local_vgpu "$(lv_uri "$B")"
-  step "descriptors travelled in the metadata" bash -c "virsh -q -c '$(lv_uri "$B")' dumpxml $DOM | grep -c '<vgpu:descriptor>'"
-  step "vGPU still runs on hostB" runs_on hostB H_B
-  step "its contexts keep going" still_rising
+  step "domain runs on B" bash -c "virsh -q -c '$UB' domstate $DOM | grep -x running"
+  step "the vGPU followed: hostA's view" followed hostA
+  step "hostA's migration is done" last_migrate_is hostA done
+  step "vGPU runs on hostB" runs_on hostB H_B
+  step "B's domain names B's vGPU and B as holder" domain_names_local_vgpu hostB "$UB"
+  step "its contexts keep going" still_rising hostB H_B
   step "hostA has no vGPU left" gone_from hostA
   step "hostA saved nothing on stop" no_snapshot_on hostA
+
+  before=$(last_tick "$CON"); lines=$(wc -l < "$CON")
+  step "virsh migrate B -> A that libvirt fails" failing_migrate $NSB "$B" $IPA $IPB
+  step "hostB's migration gave up, vGPU resumed" last_migrate_is hostB failed
+  step "hostB's view" followed hostB
+  step "guest still runs on B" bash -c "virsh -q -c '$UB' domstate $DOM | grep -x running"
+  step "guest went on (no reboot)" guest_resumed "$CON" "$lines" "$before"
+  step "vGPU still runs on hostB" runs_on hostB H_B
+  step "hostA kept nothing" gone_from hostA
+
+  before=$(last_tick "$CON"); lines=$(wc -l < "$CON")
+  step "virsh migrate --live --p2p B -> A" libvirt_migrate $NSB "$B" $IPA --live --p2p
+  step "guest resumed on A (no reboot)" guest_resumed "$CON" "$lines" "$before"
+  step "the vGPU followed back: hostB's view" followed hostB
+  step "vGPU runs on hostA" runs_on hostA H_A
+  step "A's domain names A's vGPU and A as holder" domain_names_local_vgpu hostA "$UA"
+  step "its contexts keep going" still_rising hostA H_A
+  step "hostB has no vGPU left" gone_from hostB
 
   echo
   say "hook calls, both hosts in time order:"

@@ -1,0 +1,185 @@
+#include "migrator/guest_gate.h"
+
+#include <libvirt/libvirt.h>
+#include <libvirt/virterror.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+
+namespace vgpu::migrator {
+namespace {
+
+const char* StateName(int state) {
+  switch (state) {
+    case VIR_DOMAIN_RUNNING: return "running";
+    case VIR_DOMAIN_BLOCKED: return "blocked";
+    case VIR_DOMAIN_PAUSED: return "paused";
+    case VIR_DOMAIN_SHUTDOWN: return "shutting down";
+    case VIR_DOMAIN_SHUTOFF: return "shut off";
+    case VIR_DOMAIN_CRASHED: return "crashed";
+    case VIR_DOMAIN_PMSUSPENDED: return "suspended";
+    default: return "in an unknown state";
+  }
+}
+
+void Quiet(void*, virErrorPtr) {}
+
+class LibvirtGate final : public GuestGate {
+ public:
+  LibvirtGate(virConnectPtr conn, std::string uri, std::string domain,
+              absl::Duration grace)
+      : conn_(conn),
+        uri_(std::move(uri)),
+        domain_(std::move(domain)),
+        grace_(grace),
+        start_(absl::Now()) {}
+  ~LibvirtGate() override { virConnectClose(conn_); }
+
+  absl::StatusOr<GuestMove> Poll(std::string* why) override {
+    DomainObservation o;
+    // A domain on its way out can fail a query (without an error code, at
+    // times) between its lookup and its removal: look again before
+    // calling libvirt unreachable.
+    absl::Status failed;
+    for (int attempt = 0; attempt < 3; ++attempt) {
+      failed = Observe(&o);
+      if (failed.ok()) break;
+    }
+    if (!failed.ok()) return failed;
+    std::string phrase;
+    GuestMove m = JudgeDomain(o, &seen_job_, absl::Now() - start_, grace_,
+                              &phrase);
+    if (why != nullptr) *why = absl::StrCat("domain ", domain_, " ", phrase);
+    return m;
+  }
+
+ private:
+  absl::Status Observe(DomainObservation* o) {
+    *o = DomainObservation();
+    virDomainPtr dom = virDomainLookupByName(conn_, domain_.c_str());
+    if (dom == nullptr) {
+      virErrorPtr e = virGetLastError();
+      if (e == nullptr || e->code != VIR_ERR_NO_DOMAIN) {
+        return Unreachable("looking up");
+      }
+      o->exists = false;
+      return absl::OkStatus();
+    }
+    int rc = virDomainGetState(dom, &o->state, &o->reason, 0);
+    virDomainJobInfo info{};
+    if (rc == 0 && virDomainGetJobInfo(dom, &info) != 0) {
+      // Drivers without jobs (the test driver) and inactive domains have
+      // no job to report.
+      virErrorPtr e = virGetLastError();
+      if (e == nullptr || (e->code != VIR_ERR_NO_SUPPORT &&
+                           e->code != VIR_ERR_OPERATION_INVALID)) {
+        rc = -1;
+      }
+    }
+    virDomainFree(dom);
+    if (rc != 0) {
+      virErrorPtr e = virGetLastError();
+      if (e != nullptr && e->code == VIR_ERR_NO_DOMAIN) {
+        o->exists = false;
+        return absl::OkStatus();
+      }
+      return Unreachable("querying");
+    }
+    o->job = info.type != VIR_DOMAIN_JOB_NONE;
+    return absl::OkStatus();
+  }
+
+  absl::Status Unreachable(const char* doing) {
+    const char* m = virGetLastErrorMessage();
+    return absl::UnavailableError(
+        absl::StrCat("libvirt ", uri_, ": ", doing, " domain ", domain_, ": ",
+                     m != nullptr ? m : "unknown libvirt error"));
+  }
+
+  virConnectPtr conn_;
+  const std::string uri_;
+  const std::string domain_;
+  const absl::Duration grace_;
+  const absl::Time start_;
+  bool seen_job_ = false;
+};
+
+}  // namespace
+
+const char* GuestMoveName(GuestMove m) {
+  switch (m) {
+    case GuestMove::kRunning: return "running";
+    case GuestMove::kStopped: return "stopped";
+    case GuestMove::kLeft: return "left";
+    case GuestMove::kStayed: return "stayed";
+  }
+  return "?";
+}
+
+GuestMove JudgeDomain(const DomainObservation& o, bool* seen_job,
+                      absl::Duration elapsed, absl::Duration grace,
+                      std::string* why) {
+  if (o.job) *seen_job = true;
+  if (!o.exists) {
+    *why = "is gone from this host";
+    return GuestMove::kLeft;
+  }
+  if (o.state == VIR_DOMAIN_SHUTOFF && o.reason == VIR_DOMAIN_SHUTOFF_MIGRATED) {
+    *why = "is shut off here, migrated";
+    return GuestMove::kLeft;
+  }
+  if (o.state == VIR_DOMAIN_PAUSED) {
+    if (o.reason == VIR_DOMAIN_PAUSED_POSTCOPY) {
+      *why = "runs on the destination (post-copy)";
+      return GuestMove::kLeft;
+    }
+    if (o.reason == VIR_DOMAIN_PAUSED_MIGRATION) {
+      *why = "is paused for migration";
+      return GuestMove::kStopped;
+    }
+  }
+  if (o.state == VIR_DOMAIN_SHUTOFF || o.state == VIR_DOMAIN_CRASHED ||
+      o.state == VIR_DOMAIN_SHUTDOWN) {
+    *why = absl::StrCat("is ", StateName(o.state), " without migrating");
+    return GuestMove::kStayed;
+  }
+  if (o.job) {
+    *why = absl::StrCat("is ", StateName(o.state), ", its migration under way");
+    return GuestMove::kRunning;
+  }
+  if (*seen_job) {
+    *why = absl::StrCat("is ", StateName(o.state),
+                        " here: its migration ended without moving it");
+    return GuestMove::kStayed;
+  }
+  if (elapsed >= grace) {
+    *why = absl::StrCat("is ", StateName(o.state), " and no migration of it "
+                        "began within ", absl::FormatDuration(grace));
+    return GuestMove::kStayed;
+  }
+  *why = absl::StrCat("is ", StateName(o.state), ", its migration not begun");
+  return GuestMove::kRunning;
+}
+
+absl::StatusOr<std::unique_ptr<GuestGate>> NewLibvirtGate(
+    const std::string& uri, const std::string& domain, absl::Duration grace) {
+  virSetErrorFunc(nullptr, Quiet);
+  virConnectPtr conn = virConnectOpenReadOnly(uri.c_str());
+  if (conn == nullptr) {
+    const char* m = virGetLastErrorMessage();
+    return absl::UnavailableError(absl::StrCat(
+        "libvirt ", uri, " (read-only): ", m != nullptr ? m : "unknown error"));
+  }
+  auto gate = std::make_unique<LibvirtGate>(conn, uri, domain, grace);
+  std::string why;
+  auto first = gate->Poll(&why);
+  if (!first.ok()) return first.status();
+  if (*first == GuestMove::kLeft) {
+    return absl::NotFoundError(absl::StrCat(
+        "libvirt ", uri, " has no running domain ", domain, " to follow (",
+        why, ")"));
+  }
+  return gate;
+}
+
+}  // namespace vgpu::migrator

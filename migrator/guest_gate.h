@@ -1,0 +1,62 @@
+// Following a guest's own migration. libvirt moves a guest's memory and
+// CPU state; vgpud moves its vGPUs. When libvirt drives the move (the
+// destination's hook asks its vgpud to pull the vGPUs), the vGPU migration
+// keeps pre-copying while the guest runs, stops the vGPUs when libvirt
+// pauses the guest for its final copy, and commits only once the guest has
+// left this host; if the guest's migration fails and it runs on here, the
+// vGPUs resume here too. So guest and vGPUs end up on the same host.
+//
+// A GuestGate answers "what is the guest doing now?"; the coordinator polls
+// it from the job's thread. NewLibvirtGate watches a libvirt domain.
+#ifndef VGPU_MIGRATOR_GUEST_GATE_H_
+#define VGPU_MIGRATOR_GUEST_GATE_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace vgpu::migrator {
+
+enum class GuestMove {
+  kRunning,  // running here, its migration under way: keep pre-copying
+  kStopped,  // paused for its migration's final copy: stop the vGPUs now
+  kLeft,     // no longer runs here (moved, or running on the destination
+             // after post-copy started): the vGPUs must follow
+  kStayed,   // its migration ended or never began and it runs (or died)
+             // here: the vGPUs stay
+};
+const char* GuestMoveName(GuestMove m);
+
+class GuestGate {
+ public:
+  virtual ~GuestGate() = default;
+  // What the guest does now; `why` gets a phrase for logs and errors
+  // ("domain vm1 is paused for migration"). An error means the guest
+  // cannot be observed (its hypervisor is unreachable).
+  virtual absl::StatusOr<GuestMove> Poll(std::string* why) = 0;
+};
+
+// One observation of a libvirt domain, as libvirt reports it.
+struct DomainObservation {
+  bool exists = true;
+  int state = 0;   // virDomainState
+  int reason = 0;  // its reason (virDomainPausedReason, ...)
+  bool job = false;  // an async job (a migration) runs on it
+};
+
+// The verdict on one observation. `seen_job` remembers across calls that a
+// job was seen; a domain that runs without one after that, or that never
+// showed one within `grace` of the start (`elapsed`), stayed.
+GuestMove JudgeDomain(const DomainObservation& o, bool* seen_job,
+                      absl::Duration elapsed, absl::Duration grace,
+                      std::string* why);
+
+// Watches domain `domain` through a read-only connection to `uri`.
+absl::StatusOr<std::unique_ptr<GuestGate>> NewLibvirtGate(
+    const std::string& uri, const std::string& domain, absl::Duration grace);
+
+}  // namespace vgpu::migrator
+
+#endif  // VGPU_MIGRATOR_GUEST_GATE_H_
