@@ -692,11 +692,48 @@ void RunMigration(const Env& env, Job& job, const MigrateRequest& request) {
   Clock::time_point finished = Clock::now();
 
   // Following the guest: commit only once it has left this host. If its
-  // migration fails now it resumes here, and so do its vGPUs.
+  // migration fails now it resumes here, and so do its vGPUs. The
+  // destination sees the guest resume there the moment it does; this
+  // host's libvirt says it left only after its own confirm phase (and
+  // holds queries on the domain meanwhile), so the destination is asked
+  // first, and this host's view is the fallback.
   if (request.follow != nullptr && guest != GuestMove::kLeft) {
     job.Update([](JobData& d) { d.waiting = "the guest to leave"; });
-    absl::Status s = poll_guest(absl::Seconds(1), false,
-                                [](GuestMove m) { return m == GuestMove::kLeft; });
+    absl::Status s;
+    bool destination_knows = true;
+    std::string last_why;
+    for (;;) {
+      if (job.cancelled()) {
+        s = absl::CancelledError("cancelled");
+        break;
+      }
+      auto reply = link.rpc->Wait(incoming->guestRequest().send(),
+                                  env.peer_timeout,
+                                  absl::StrCat("guest on ", request.to));
+      if (!reply.ok()) {
+        s = reply.status();
+        break;
+      }
+      const std::string why = reply->getWhy();
+      if (why != last_why) log(absl::StrCat("guest on ", request.to, ": ", why));
+      last_why = why;
+      const auto view = reply->getMove();
+      if (view == schema::GuestView::LEFT) break;
+      if (view == schema::GuestView::STAYED) {
+        s = absl::AbortedError(absl::StrCat(
+            "the guest's migration failed on ", request.to, ": ", why));
+        break;
+      }
+      if (view == schema::GuestView::UNKNOWN) {
+        destination_knows = false;
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    if (s.ok() && !destination_knows) {
+      s = poll_guest(absl::Seconds(1), false,
+                     [](GuestMove m) { return m == GuestMove::kLeft; });
+    }
     job.Update([](JobData& d) { d.waiting.clear(); });
     if (!s.ok()) return abort(s);
     log(absl::StrFormat("the guest left %.1f ms after the vGPUs stopped",
@@ -1086,6 +1123,35 @@ class IncomingState {
     return s;
   }
 
+  // What the guest of this migration does here (a pull's confirm waits
+  // for it to run here).
+  schema::GuestView Guest(std::string* why) {
+    Touch();
+    std::lock_guard<std::mutex> lock(guest_mu_);
+    if (!env_.guest_gate) {
+      *why = absl::StrCat(env_.config->host, " has no libvirt connection");
+      return schema::GuestView::UNKNOWN;
+    }
+    if (arrival_ == nullptr) {
+      auto gate = env_.guest_gate(vm_, GuestSide::kDestination);
+      if (!gate.ok()) {
+        *why = std::string(gate.status().message());
+        return schema::GuestView::UNKNOWN;
+      }
+      arrival_ = std::move(*gate);
+    }
+    auto move = arrival_->Poll(why);
+    if (!move.ok()) {
+      *why = std::string(move.status().message());
+      return schema::GuestView::UNKNOWN;
+    }
+    switch (*move) {
+      case GuestMove::kLeft: return schema::GuestView::LEFT;
+      case GuestMove::kStayed: return schema::GuestView::STAYED;
+      default: return schema::GuestView::STOPPED;
+    }
+  }
+
   absl::Status Drain() {
     Touch();
     pipe_.WaitDrained();
@@ -1262,6 +1328,8 @@ class IncomingState {
   Stage stage_ = Stage::kReceiving;
   absl::Status torn_down_why_;
   bool finished_ok_ = false;
+  std::mutex guest_mu_;
+  std::unique_ptr<GuestGate> arrival_;
   std::vector<std::unique_ptr<TargetDevice>> targets_;
   BytePipe pipe_;
   std::mutex join_mu_;
@@ -1316,6 +1384,13 @@ class IncomingServer final : public schema::Incoming::Server {
   }
   kj::Promise<void> confirm(ConfirmContext context) override {
     SetError(state_->Activate(), context.getResults().initError());
+    return kj::READY_NOW;
+  }
+  kj::Promise<void> guest(GuestContext context) override {
+    std::string why;
+    auto view = state_->Guest(&why);
+    context.getResults().setMove(view);
+    context.getResults().setWhy(why);
     return kj::READY_NOW;
   }
   kj::Promise<void> abort(AbortContext context) override {
@@ -1469,7 +1544,7 @@ class PeerServer final : public schema::Peer::Server {
           ": it has no libvirt connection (libvirt.uri in vgpud's config)"));
     }
     if (s.ok()) {
-      auto gate = env_.guest_gate(req.vm);
+      auto gate = env_.guest_gate(req.vm, GuestSide::kSource);
       if (gate.ok()) {
         req.follow = std::shared_ptr<GuestGate>(std::move(*gate));
       } else {

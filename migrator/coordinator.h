@@ -57,10 +57,11 @@ struct Env {
   absl::Duration peer_timeout = absl::Seconds(10);
   // Runs a job body on a thread of its own, joined at shutdown.
   std::function<absl::Status(std::function<void()>)> launch;
-  // The gate on the guest of VM `vm` (its libvirt domain); null when this
-  // host has no hypervisor connection to follow guests with.
+  // The gate on the guest of VM `vm` (its libvirt domain), seen from this
+  // host as the migration's source or destination; null when this host has
+  // no hypervisor connection to follow guests with.
   std::function<absl::StatusOr<std::unique_ptr<GuestGate>>(
-      const std::string& vm)>
+      const std::string& vm, GuestSide side)>
       guest_gate;
 };
 

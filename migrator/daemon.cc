@@ -237,10 +237,10 @@ class DaemonImpl : public Daemon {
       return Launch(std::move(body));
     };
     if (!config_.libvirt_uri.empty()) {
-      env_.guest_gate = [this](const std::string& vm) {
+      env_.guest_gate = [this](const std::string& vm, GuestSide side) {
         return NewLibvirtGate(
             config_.libvirt_uri, vm,
-            absl::Milliseconds(config_.libvirt_follow_grace_ms));
+            absl::Milliseconds(config_.libvirt_follow_grace_ms), side);
       };
     }
 

@@ -27,19 +27,19 @@ void Quiet(void*, virErrorPtr) {}
 class LibvirtGate final : public GuestGate {
  public:
   LibvirtGate(virConnectPtr conn, std::string uri, std::string domain,
-              absl::Duration grace)
+              absl::Duration grace, GuestSide side)
       : conn_(conn),
         uri_(std::move(uri)),
         domain_(std::move(domain)),
         grace_(grace),
+        side_(side),
         start_(absl::Now()) {}
   ~LibvirtGate() override { virConnectClose(conn_); }
 
   absl::StatusOr<GuestMove> Poll(std::string* why) override {
     DomainObservation o;
-    // A domain on its way out can fail a query (without an error code, at
-    // times) between its lookup and its removal: look again before
-    // calling libvirt unreachable.
+    // A domain on its way out can fail a query between its lookup and its
+    // removal: look again before calling libvirt unreachable.
     absl::Status failed;
     for (int attempt = 0; attempt < 3; ++attempt) {
       failed = Observe(&o);
@@ -47,8 +47,10 @@ class LibvirtGate final : public GuestGate {
     }
     if (!failed.ok()) return failed;
     std::string phrase;
-    GuestMove m = JudgeDomain(o, &seen_job_, absl::Now() - start_, grace_,
-                              &phrase);
+    GuestMove m = side_ == GuestSide::kSource
+                      ? JudgeDomain(o, &seen_job_, absl::Now() - start_,
+                                    grace_, &phrase)
+                      : JudgeArrival(o, &phrase);
     if (why != nullptr) *why = absl::StrCat("domain ", domain_, " ", phrase);
     return m;
   }
@@ -58,35 +60,43 @@ class LibvirtGate final : public GuestGate {
     *o = DomainObservation();
     virDomainPtr dom = virDomainLookupByName(conn_, domain_.c_str());
     if (dom == nullptr) {
-      virErrorPtr e = virGetLastError();
-      if (e == nullptr || e->code != VIR_ERR_NO_DOMAIN) {
-        return Unreachable("looking up");
-      }
+      if (ErrorCode() != VIR_ERR_NO_DOMAIN) return Unreachable("looking up");
       o->exists = false;
       return absl::OkStatus();
     }
-    int rc = virDomainGetState(dom, &o->state, &o->reason, 0);
-    virDomainJobInfo info{};
-    if (rc == 0 && virDomainGetJobInfo(dom, &info) != 0) {
-      // Drivers without jobs (the test driver) and inactive domains have
-      // no job to report.
-      virErrorPtr e = virGetLastError();
-      if (e == nullptr || (e->code != VIR_ERR_NO_SUPPORT &&
-                           e->code != VIR_ERR_OPERATION_INVALID)) {
-        rc = -1;
+    // Every libvirt call clears the thread's last error (virDomainFree
+    // too): read it right after the call that failed.
+    absl::Status failed;
+    if (virDomainGetState(dom, &o->state, &o->reason, 0) != 0) {
+      if (ErrorCode() == VIR_ERR_NO_DOMAIN) {
+        o->exists = false;
+      } else {
+        failed = Unreachable("querying");
+      }
+    } else {
+      virDomainJobInfo info{};
+      if (virDomainGetJobInfo(dom, &info) == 0) {
+        o->job = info.type != VIR_DOMAIN_JOB_NONE;
+      } else {
+        // Drivers without jobs (the test driver), inactive domains and an
+        // incoming migration's destination report none.
+        const int code = ErrorCode();
+        if (code == VIR_ERR_NO_DOMAIN) {
+          o->exists = false;
+        } else if (code != VIR_ERR_NO_SUPPORT &&
+                   code != VIR_ERR_OPERATION_INVALID &&
+                   code != VIR_ERR_OPERATION_UNSUPPORTED) {
+          failed = Unreachable("querying the job of");
+        }
       }
     }
     virDomainFree(dom);
-    if (rc != 0) {
-      virErrorPtr e = virGetLastError();
-      if (e != nullptr && e->code == VIR_ERR_NO_DOMAIN) {
-        o->exists = false;
-        return absl::OkStatus();
-      }
-      return Unreachable("querying");
-    }
-    o->job = info.type != VIR_DOMAIN_JOB_NONE;
-    return absl::OkStatus();
+    return failed;
+  }
+
+  static int ErrorCode() {
+    virErrorPtr e = virGetLastError();
+    return e != nullptr ? e->code : VIR_ERR_OK;
   }
 
   absl::Status Unreachable(const char* doing) {
@@ -100,6 +110,7 @@ class LibvirtGate final : public GuestGate {
   const std::string uri_;
   const std::string domain_;
   const absl::Duration grace_;
+  const GuestSide side_;
   const absl::Time start_;
   bool seen_job_ = false;
 };
@@ -161,8 +172,30 @@ GuestMove JudgeDomain(const DomainObservation& o, bool* seen_job,
   return GuestMove::kRunning;
 }
 
+GuestMove JudgeArrival(const DomainObservation& o, std::string* why) {
+  if (!o.exists) {
+    *why = "is gone from the destination: its migration failed";
+    return GuestMove::kStayed;
+  }
+  if (o.state == VIR_DOMAIN_RUNNING ||
+      (o.state == VIR_DOMAIN_PAUSED && o.reason == VIR_DOMAIN_PAUSED_POSTCOPY)) {
+    *why = "runs on the destination";
+    return GuestMove::kLeft;
+  }
+  if (o.state == VIR_DOMAIN_SHUTOFF || o.state == VIR_DOMAIN_CRASHED ||
+      o.state == VIR_DOMAIN_SHUTDOWN) {
+    *why = absl::StrCat("is ", StateName(o.state),
+                        " on the destination: its migration failed");
+    return GuestMove::kStayed;
+  }
+  *why = absl::StrCat("is ", StateName(o.state),
+                      " on the destination, waiting for its state");
+  return GuestMove::kStopped;
+}
+
 absl::StatusOr<std::unique_ptr<GuestGate>> NewLibvirtGate(
-    const std::string& uri, const std::string& domain, absl::Duration grace) {
+    const std::string& uri, const std::string& domain, absl::Duration grace,
+    GuestSide side) {
   virSetErrorFunc(nullptr, Quiet);
   virConnectPtr conn = virConnectOpenReadOnly(uri.c_str());
   if (conn == nullptr) {
@@ -170,7 +203,8 @@ absl::StatusOr<std::unique_ptr<GuestGate>> NewLibvirtGate(
     return absl::UnavailableError(absl::StrCat(
         "libvirt ", uri, " (read-only): ", m != nullptr ? m : "unknown error"));
   }
-  auto gate = std::make_unique<LibvirtGate>(conn, uri, domain, grace);
+  auto gate = std::make_unique<LibvirtGate>(conn, uri, domain, grace, side);
+  if (side == GuestSide::kDestination) return gate;
   std::string why;
   auto first = gate->Poll(&why);
   if (!first.ok()) return first.status();

@@ -53,9 +53,20 @@ GuestMove JudgeDomain(const DomainObservation& o, bool* seen_job,
                       absl::Duration elapsed, absl::Duration grace,
                       std::string* why);
 
-// Watches domain `domain` through a read-only connection to `uri`.
+// The same from the destination's side: the guest arriving here. kLeft
+// once it runs here (libvirt resumed it: the migration succeeded), kStayed
+// when its incoming domain is gone or stopped (the migration failed), and
+// kStopped while it waits paused for the rest of its state.
+GuestMove JudgeArrival(const DomainObservation& o, std::string* why);
+
+enum class GuestSide { kSource, kDestination };
+
+// Watches domain `domain` through a read-only connection to `uri`, from
+// the source's side (JudgeDomain, with `grace`) or the destination's
+// (JudgeArrival).
 absl::StatusOr<std::unique_ptr<GuestGate>> NewLibvirtGate(
-    const std::string& uri, const std::string& domain, absl::Duration grace);
+    const std::string& uri, const std::string& domain, absl::Duration grace,
+    GuestSide side = GuestSide::kSource);
 
 }  // namespace vgpu::migrator
 

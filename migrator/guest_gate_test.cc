@@ -65,6 +65,35 @@ TEST(GuestGate, JudgesEveryStateOfAMigratingDomain) {
   }
 }
 
+TEST(GuestGate, JudgesTheGuestArrivingAtTheDestination) {
+  struct {
+    const char* what;
+    DomainObservation o;
+    GuestMove want;
+    const char* why;
+  } cases[] = {
+      {"waiting for its state",
+       {true, VIR_DOMAIN_PAUSED, VIR_DOMAIN_PAUSED_MIGRATION, false},
+       GuestMove::kStopped, "is paused on the destination, waiting"},
+      {"starting up", {true, VIR_DOMAIN_PAUSED, 0, false}, GuestMove::kStopped,
+       "waiting for its state"},
+      {"resumed by libvirt", {true, VIR_DOMAIN_RUNNING, 2, false},
+       GuestMove::kLeft, "runs on the destination"},
+      {"post-copy", {true, VIR_DOMAIN_PAUSED, VIR_DOMAIN_PAUSED_POSTCOPY, false},
+       GuestMove::kLeft, "runs on the destination"},
+      {"incoming domain removed", {false, 0, 0, false}, GuestMove::kStayed,
+       "is gone from the destination: its migration failed"},
+      {"incoming QEMU died",
+       {true, VIR_DOMAIN_SHUTOFF, VIR_DOMAIN_SHUTOFF_FAILED, false},
+       GuestMove::kStayed, "is shut off on the destination: its migration failed"},
+  };
+  for (const auto& c : cases) {
+    std::string why;
+    EXPECT_EQ(JudgeArrival(c.o, &why), c.want) << c.what << ": " << why;
+    EXPECT_THAT(why, HasSubstr(c.why)) << c.what;
+  }
+}
+
 // The test driver's domain "test" runs and never migrates: the gate says
 // it runs until the grace is over, then that it stayed. A domain that
 // does not exist cannot be followed.
@@ -80,6 +109,14 @@ TEST(GuestGate, LibvirtGateWatchesARealDomain) {
   now = (*gate)->Poll(&why);
   ASSERT_TRUE(now.ok()) << now.status();
   EXPECT_EQ(*now, GuestMove::kStayed) << why;
+
+  // From a destination's side, a running domain has arrived.
+  auto arrived = NewLibvirtGate("test:///default", "test", absl::Seconds(1),
+                                GuestSide::kDestination);
+  ASSERT_TRUE(arrived.ok()) << arrived.status();
+  now = (*arrived)->Poll(&why);
+  ASSERT_TRUE(now.ok()) << now.status();
+  EXPECT_EQ(*now, GuestMove::kLeft) << why;
 
   auto none = NewLibvirtGate("test:///default", "no-such-vm", absl::Seconds(1));
   ASSERT_FALSE(none.ok());

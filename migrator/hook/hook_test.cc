@@ -327,6 +327,15 @@ TEST(Hook, MigrateBeginPullsTheVgpusFromTheHostTheMetadataNames) {
   EXPECT_EQ(during.back().state, "running");
   EXPECT_EQ(during.back().waiting, "the guest to stop");
 
+  // Were libvirt to stop the guest on h0 now (it left), h0's hook would
+  // save nothing: the vGPUs are leaving with the job.
+  HookResult stopped = RunHook({"test", "stopped", "end", "-"},
+                               Domain("test", Mediated()), SourceOptions());
+  EXPECT_EQ(stopped.exit_code, 0);
+  EXPECT_THAT(stopped.err, HasSubstr("test: vGPUs are leaving with job "
+                                     "h0-migrate-"));
+  EXPECT_THAT(Source().SnapshotTags("test"), ::testing::IsEmpty());
+
   auto after = Source().Settled("test");
   ASSERT_FALSE(after.empty());
   EXPECT_EQ(after.back().state, "failed");

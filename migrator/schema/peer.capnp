@@ -77,4 +77,17 @@ interface Incoming {
   # loader waits for more). The source calls it before stopping the vGPUs,
   # so that the loader's backlog is not carried into the downtime.
   drain @4 () -> (error :C.Error);
+
+  # A migration that follows its guest (pull), after finish: what the
+  # guest does here. `left`: it runs here (libvirt resumed it), confirm
+  # now; `stayed`: its incoming domain failed, abort; `stopped`: still
+  # arriving; `unknown`: this host cannot watch its guests (no libvirt).
+  guest @5 () -> (move :GuestView, why :Text);
+}
+
+enum GuestView {
+  unknown @0;
+  stopped @1;
+  left @2;
+  stayed @3;
 }

@@ -84,11 +84,16 @@ still_rising() {  # HOST VAR
   echo "$1 after the move: ${before##*sequences } -> ${h##*sequences }"
   (( $(seq_of "$h") > $(seq_of "$before") ))
 }
-# What the source's vgpud saw of the guest while its vGPU followed it, and
-# the job's outcome.
+# What the source's vgpud saw of the guest while its vGPU followed it: the
+# vGPU stopped once libvirt paused the guest there and was handed over once
+# the destination's vgpud saw the guest run there; the job's line.
 followed() {  # SOURCE-HOST
-  grep -E 'guest: |the guest left|aborting' "$WORK/$1/vgpud.log" | sed 's/^[^ ]* vgpud /  /' | tail -n 4
-  cli_at "$1" jobs | tail -n 1
+  local log=$WORK/$1/vgpud.log job
+  job=$(cli_at "$1" jobs | awk '$2 == "migrate"' | tail -n 1)
+  grep -E "job=${job%% *} .*(guest: |guest on|the guest left|aborting|done:)" "$log" | sed 's/^[^ ]* vgpud [^:]*: /  /'
+  echo "$job"
+  grep -qE "job=${job%% *} .*guest: domain $DOM is paused for migration" "$log" &&
+    grep -qE "job=${job%% *} .*guest on .*: domain $DOM runs on the destination" "$log"
 }
 # The last migrate job on HOST ended as STATE.
 last_migrate_is() {  # HOST STATE
@@ -161,6 +166,7 @@ mig_main() {
   step "domain runs on B" bash -c "virsh -q -c '$UB' domstate $DOM | grep -x running"
   step "the vGPU followed: hostA's view" followed hostA
   step "hostA's migration is done" last_migrate_is hostA done
+  step "libvirt's own figures (B)" jobinfo "$B"
   step "vGPU runs on hostB" runs_on hostB H_B
   step "B's domain names B's vGPU and B as holder" domain_names_local_vgpu hostB "$UB"
   step "its contexts keep going" still_rising hostB H_B
@@ -170,7 +176,7 @@ mig_main() {
   before=$(last_tick "$CON"); lines=$(wc -l < "$CON")
   step "virsh migrate B -> A that libvirt fails" failing_migrate $NSB "$B" $IPA $IPB
   step "hostB's migration gave up, vGPU resumed" last_migrate_is hostB failed
-  step "hostB's view" followed hostB
+  step "hostB's view" bash -c "grep -E 'aborting|source resumed' '$WORK/hostB/vgpud.log' | tail -n 2"
   step "guest still runs on B" bash -c "virsh -q -c '$UB' domstate $DOM | grep -x running"
   step "guest went on (no reboot)" guest_resumed "$CON" "$lines" "$before"
   step "vGPU still runs on hostB" runs_on hostB H_B
@@ -180,6 +186,7 @@ mig_main() {
   step "virsh migrate --live --p2p B -> A" libvirt_migrate $NSB "$B" $IPA --live --p2p
   step "guest resumed on A (no reboot)" guest_resumed "$CON" "$lines" "$before"
   step "the vGPU followed back: hostB's view" followed hostB
+  step "libvirt's own figures (A)" jobinfo "$A"
   step "vGPU runs on hostA" runs_on hostA H_A
   step "A's domain names A's vGPU and A as holder" domain_names_local_vgpu hostA "$UA"
   step "its contexts keep going" still_rising hostA H_A
