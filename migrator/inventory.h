@@ -28,6 +28,10 @@ struct VmEntry {
   std::vector<VmDevice> devices;
   std::string job;        // the job holding it; empty when idle
   bool arriving = false;  // reserved by an incoming job, not yet confirmed
+  // From a VmSource: the VM exists there but does not run (a shut-off
+  // libvirt domain). A watcher does not register it, and does not drop it
+  // if registered.
+  bool dormant = false;
 };
 
 // Names are what users type: letters, digits, '.', '_', '-', 1..64.

@@ -115,7 +115,13 @@ absl::StatusOr<std::vector<VmEntry>> LibvirtSource::Scan() {
                             absl::StrCat("domain ", virDomainGetName(doms[i]),
                                          ": ", vm.status().message()));
     }
-    if (vm.ok() && !vm->devices.empty()) out.push_back(std::move(*vm));
+    if (vm.ok() && !vm->devices.empty()) {
+      // A shut-off domain's vGPUs run nowhere: registering them would make
+      // instances for them (and stand in the way of `virsh restore`,
+      // whose hook brings back their saved state).
+      vm->dormant = virDomainIsActive(doms[i]) != 1;
+      out.push_back(std::move(*vm));
+    }
     virDomainFree(doms[i]);
   }
   std::free(doms);
@@ -228,6 +234,7 @@ absl::Status InventoryWatcher::SyncOnce() {
   for (VmEntry& vm : *scan) {
     seen.insert(vm.name);
     if (left_.count(vm.name)) continue;  // moved away by vgpud
+    if (vm.dormant) continue;  // kept if known, not registered
     auto existing = inventory_->Get(vm.name);
     if (existing.ok()) {
       if (!ours_.count(vm.name) || !existing->job.empty() ||

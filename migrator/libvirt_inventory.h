@@ -45,7 +45,7 @@ class LibvirtSource : public VmSource {
   static absl::StatusOr<std::unique_ptr<LibvirtSource>> Open(
       const std::string& uri, bool read_only = true);
   ~LibvirtSource();
-  // Every domain (running or not) that has vGPUs.
+  // Every domain (running or not) that has vGPUs; shut-off ones dormant.
   absl::StatusOr<std::vector<VmEntry>> Scan() override;
   // Sets a domain's vgpu-migrate metadata element (hook/domain_xml.h's
   // MetadataElement), live and in its persistent definition. Needs a

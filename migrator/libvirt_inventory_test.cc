@@ -3,10 +3,13 @@
 // read-only connection, no daemon needed.
 #include "migrator/libvirt_inventory.h"
 
+#include <libvirt/libvirt.h>
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <map>
 #include <mutex>
 
 #include "absl/strings/str_cat.h"
@@ -94,6 +97,56 @@ TEST(LibvirtInventory, ScansTheDomainsWithVgpus) {
   std::vector<std::string> names;
   for (const VmEntry& v : *vms) names.push_back(v.name);
   EXPECT_THAT(names, ::testing::UnorderedElementsAre("with-mdev", "with-meta"));
+}
+
+// A defined but shut-off domain's vGPUs run nowhere: it is dormant, and a
+// watcher does not register it (nor drop it, were it registered).
+TEST(LibvirtInventory, ShutOffDomainsAreDormant) {
+  // test:///default keeps one state per process, shared by connections.
+  virConnectPtr rw = virConnectOpen("test:///default");
+  ASSERT_NE(rw, nullptr);
+  virDomainPtr idle = virDomainDefineXML(
+      rw, DomainXml("idle", Meta("emulation", "/run/idle.sock"), 41).c_str());
+  ASSERT_NE(idle, nullptr);
+  virDomainPtr busy = virDomainCreateXML(
+      rw, DomainXml("busy", Meta("emulation", "/run/busy.sock"), 42).c_str(), 0);
+  ASSERT_NE(busy, nullptr);
+  auto src = LibvirtSource::Open("test:///default", /*read_only=*/true);
+  ASSERT_TRUE(src.ok()) << src.status();
+  auto vms = (*src)->Scan();
+  ASSERT_TRUE(vms.ok()) << vms.status();
+  std::map<std::string, bool> dormant;
+  for (const VmEntry& v : *vms) dormant[v.name] = v.dormant;
+  EXPECT_EQ(dormant, (std::map<std::string, bool>{{"busy", false},
+                                                  {"idle", true}}));
+
+  Inventory inv;
+  std::vector<std::string> lines;
+  InventoryWatcher watcher(
+      {"libvirt", "domain"},
+      [] { return LibvirtSource::Open("test:///default"); }, absl::Hours(1),
+      &inv, [](const VmEntry&) { return absl::OkStatus(); },
+      [&](const std::string& l) { lines.push_back(l); });
+  ASSERT_TRUE(watcher.SyncOnce().ok());
+  EXPECT_TRUE(inv.Get("busy").ok());
+  EXPECT_FALSE(inv.Get("idle").ok()) << "dormant: not registered";
+  // busy shuts off but stays defined: still known (the hook saves and
+  // releases a VM whose domain stopped).
+  virDomainPtr kept = virDomainDefineXML(
+      rw, DomainXml("busy", Meta("emulation", "/run/busy.sock"), 42).c_str());
+  ASSERT_NE(kept, nullptr);
+  ASSERT_EQ(virDomainDestroy(busy), 0);
+  ASSERT_TRUE(watcher.SyncOnce().ok());
+  EXPECT_TRUE(inv.Get("busy").ok()) << "a shut-off domain is not dropped";
+  // Undefined: gone.
+  ASSERT_EQ(virDomainUndefine(kept), 0);
+  ASSERT_TRUE(watcher.SyncOnce().ok());
+  EXPECT_FALSE(inv.Get("busy").ok());
+  virDomainUndefine(idle);
+  virDomainFree(kept);
+  virDomainFree(busy);
+  virDomainFree(idle);
+  virConnectClose(rw);
 }
 
 TEST(LibvirtInventory, WritesTheMetadataWithDescriptors) {

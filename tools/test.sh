@@ -42,11 +42,15 @@ elif ! tests/libvirt/setup_packages.sh >/tmp/vgpu-libvirt-setup.log 2>&1; then
   echo "LIBVIRT hook_e2e SKIPPED: could not install libvirt/qemu (see /tmp/vgpu-libvirt-setup.log)" | tee -a "$log"
   echo "LIBVIRT migrate_e2e SKIPPED: could not install libvirt/qemu" | tee -a "$log"
 else
+  # The guests run under KVM where /dev/kvm exists, else under QEMU's TCG;
+  # the result line says which.
+  accel="KVM"
+  [ -c /dev/kvm ] || accel="TCG: this machine has no /dev/kvm"
   for t in hook_e2e migrate_e2e; do
     libvirt_log=/tmp/vgpu-libvirt-$t.log
     if BIN="$(bazel info bazel-bin 2>/dev/null)" "tests/libvirt/$t.sh" >"$libvirt_log" 2>&1; then
-      grep -E 'WARNING|said|vgpu-migrate --to|PASS' "$libvirt_log" | cut -c1-220 | sed 's/^/  /'
-      echo "LIBVIRT $t PASS" | tee -a "$log"
+      grep -E 'WARNING|said|followed|figures|gave up|PASS' "$libvirt_log" | cut -c1-220 | sed 's/^/  /'
+      echo "LIBVIRT $t PASS (guest under $accel)" | tee -a "$log"
     else
       tail -n 25 "$libvirt_log" | sed 's/^/  /'
       echo "LIBVIRT $t FAIL (see $libvirt_log)" | tee -a "$log"

@@ -272,11 +272,9 @@ absl::StatusOr<std::string> RewriteDomain(
     size_t index = 0;
     for (xmlNode* c = vm->children; c != nullptr; c = c->next) {
       if (!Ours(c, "device")) continue;
-      if (Attr(c, "strategy") == "mediated") {
-        auto it = uuid_map.find(Attr(c, "endpoint"));
-        if (it != uuid_map.end()) {
-          xmlSetProp(c, X("endpoint"), X(it->second.c_str()));
-        }
+      auto it = uuid_map.find(Attr(c, "endpoint"));
+      if (it != uuid_map.end()) {
+        xmlSetProp(c, X("endpoint"), X(it->second.c_str()));
       }
       if (descriptors != nullptr && index < descriptors->size()) {
         // Replace any descriptor with the given one.

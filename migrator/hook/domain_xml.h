@@ -66,8 +66,9 @@ struct DomainInfo {
 // not decode.
 absl::StatusOr<DomainInfo> ReadDomain(const std::string& xml);
 
-// The domain XML with mdev UUIDs replaced as `uuid_map` says (in the
-// hostdev sources and in the metadata's mediated endpoints) and the
+// The domain XML with host-local names replaced as `uuid_map` says (mdev
+// UUIDs in the hostdev sources, and every metadata endpoint: mdev UUIDs,
+// device model sockets, forwarding session controls) and the
 // metadata's descriptors set to `descriptors` (by device index) and its
 // source attribute to `source`, each when given. UUIDs the map does not
 // name stay. Errors as ReadDomain.

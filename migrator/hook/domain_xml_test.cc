@@ -153,7 +153,7 @@ TEST(DomainXml, RewriteMapsMdevUuidsAndSetsDescriptors) {
             std::vector<std::string>{"11111111-2222-4333-8444-555555555555"});
   ASSERT_EQ(info->vgpus->size(), 2u);
   EXPECT_EQ((*info->vgpus)[0].endpoint, "11111111-2222-4333-8444-555555555555");
-  EXPECT_EQ((*info->vgpus)[1].endpoint, "/run/emu.sock") << "not an mdev";
+  EXPECT_EQ((*info->vgpus)[1].endpoint, "/run/emu.sock") << "not in the map";
   EXPECT_EQ(std::string(
                 (*info->vgpus)[1].descriptor->root().getInstanceId().cStr()),
             "on-src-1");
@@ -165,6 +165,13 @@ TEST(DomainXml, RewriteMapsMdevUuidsAndSetsDescriptors) {
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->size(), out->size());
   EXPECT_FALSE(RewriteDomain("<domain>", map, nullptr).ok());
+  // A device model's socket is host-local too.
+  auto emu = RewriteDomain(xml, {{"/run/emu.sock", "/run/vgpud/vm1-gpu1.sock"}},
+                           nullptr);
+  ASSERT_TRUE(emu.ok()) << emu.status();
+  EXPECT_EQ((*ReadDomain(*emu)->vgpus)[1].endpoint, "/run/vgpud/vm1-gpu1.sock");
+  EXPECT_EQ(ReadDomain(*emu)->mdevs,
+            std::vector<std::string>{"5a7c0f3e-1d2b-4e8f-9c6a-0b1d2e3f4a01"});
 }
 
 TEST(DomainXml, TheSourceHostTravelsInTheMetadata) {

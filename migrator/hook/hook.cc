@@ -186,24 +186,22 @@ absl::Status CheckHere(Context& c) {
 }
 
 // The domain XML for this host: mdev UUIDs and the metadata's endpoints
-// name the source's instances; rewrite them to `here` (this host's
-// endpoints, by device order), and name this host as the one holding the
-// vGPUs, for the next move.
+// (mdev UUIDs, device model sockets) name the source's devices; rewrite
+// them to `here` (this host's endpoints, by device order), and name this
+// host as the one holding the vGPUs, for the next move.
 absl::Status RewriteForThisHost(Context& c, const std::vector<std::string>& here,
                                 const std::string& host) {
   std::map<std::string, std::string> map;
   const auto& there = *c.domain.vgpus;
   for (size_t i = 0; i < there.size() && i < here.size(); ++i) {
-    if (there[i].strategy == "mediated" && here[i] != there[i].endpoint) {
-      map[there[i].endpoint] = here[i];
-    }
+    if (here[i] != there[i].endpoint) map[there[i].endpoint] = here[i];
   }
   auto out = RewriteDomain(c.xml, map, nullptr, &host);
   if (!out.ok()) return out.status();
   c.result->out = *out;
   for (const auto& [from, to] : map) {
-    absl::StrAppend(&c.result->err, "vgpu-libvirt-hook: ", c.name(),
-                    ": mdev ", from, " is ", to, " on this host\n");
+    absl::StrAppend(&c.result->err, "vgpu-libvirt-hook: ", c.name(), ": ",
+                    from, " is ", to, " on this host\n");
   }
   return absl::OkStatus();
 }

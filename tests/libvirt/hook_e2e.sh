@@ -35,9 +35,11 @@ UUID=5a7c0f3e-1d2b-4e8f-9c6a-0b1d2e3f4a01
 VGPUD_PID=""
 
 start_vgpud() {  # TYPE
+  # vgpud also watches the libvirtd (read-only), as a host would run it.
   cat > "$WORK/vgpud.json" <<EOF
 {"mediated": {"reference": {"type": "$1", "instances": 4, "vram": "32M",
-                            "contexts": 4, "workload": "4M"}}}
+                            "contexts": 4, "workload": "4M"}},
+ "libvirt": {"uri": "$(lv_uri "$WORK/host")", "poll_ms": 300}}
 EOF
   "$VGPUD" --config "$WORK/vgpud.json" --host h1 --listen 127.0.0.1:17691 \
     --control "$WORK/vgpud.sock" --store "$WORK/store" --run-dir "$WORK/run" \
@@ -72,6 +74,19 @@ restore_refused() {  # URI FILE
   fi
   echo "$out" | tail -n 2
   grep -q 'vendor-type' <<<"$out"
+}
+# vgpud's libvirt inventory, not the hook: forget the VM, and the next pass
+# over libvirt's running domains registers it again from its metadata.
+inventory_finds() {  # VM
+  cli unregister "$1"
+  for _ in $(seq 1 50); do
+    if grep -q "libvirt: vm=$1 registered from its domain" "$WORK/vgpud.log"; then
+      grep "libvirt: vm=$1 registered from its domain" "$WORK/vgpud.log" | tail -n 1 | sed 's/^[^ ]* //'
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "vgpud's libvirt inventory did not register $1"; return 1
 }
 domain_off() { virsh -q -c "$1" domstate "$2" | grep -x 'shut off'; }
 
@@ -122,6 +137,8 @@ e2e() {
   step "virsh start (hook: prepare begin)" vs start "$DOM"
   step "boot: wait 'vgpu-guest: up'" wait_console "$CON" 'vgpu-guest: up' 60
   step "vgpud registered the VM" vm_runs_with_intact_stamps "$DOM" H1
+  step "vgpud's libvirt inventory finds it" inventory_finds "$DOM"
+  step "vGPU runs again, stamps intact" vm_runs_with_intact_stamps "$DOM" H1
   step "wait for tick 2" wait_console "$CON" 'vgpu-guest: tick 2 ' 30
   local before lines; before=$(last_tick "$CON"); lines=$(wc -l < "$CON")
 
