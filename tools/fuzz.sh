@@ -35,6 +35,7 @@ targets=(
   state-codecs/fuzz:section_fuzzer:section
   state-codecs/fuzz:stream_fuzzer:stream
   migrator/fuzz:peer_input_fuzzer:peer_input
+  migrator/fuzz:domain_xml_fuzzer:domain_xml
   agents/mediated/fuzz:mdev_stream_fuzzer:mdev_stream
   agents/mediated/fuzz:mdev_load_fuzzer:mdev_load
   agents/forwarding/fuzz:cl_request_fuzzer:cl_request
