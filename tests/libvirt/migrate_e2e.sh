@@ -21,6 +21,8 @@
 #      running; A keeps nothing.
 #   5. virsh migrate --live --p2p B -> A: the vGPU follows back (the
 #      metadata now names B).
+#   6. B's vgpud hangs: B's hook vetoes after its timeout, libvirt cancels
+#      the migration, guest and vGPU keep running on A.
 #
 # Usage (root; from the repository root after building vgpud, vgpu-migrate
 # and vgpu-libvirt-hook): tests/libvirt/migrate_e2e.sh
@@ -100,6 +102,17 @@ last_migrate_is() {  # HOST STATE
   local line; line=$(cli_at "$1" jobs | awk '$2 == "migrate"' | tail -n 1)
   echo "$line"
   [[ $(awk '{print $5}' <<<"$line") == "$2" ]]
+}
+# A migration the destination's hook refuses: virsh fails within the
+# hook's timeout and names the hook's reason.
+vetoed_migrate() {  # NS DIR DEST-IP
+  local t0; t0=$(now)
+  if ip netns exec "$1" virsh -c "$(lv_uri "$2")" migrate --live "$DOM" \
+       "qemu+tcp://$3/system" --migrateuri "tcp://$3" >"$WORK/vetoed.out" 2>&1; then
+    echo "the migration succeeded"; return 1
+  fi
+  echo "refused after $(since "$t0") s: $(grep -oE 'vgpu-libvirt-hook: .*' "$WORK/vetoed.out" | head -n 1 | cut -c1-160)"
+  grep -q 'no answer within' "$WORK/vetoed.out"
 }
 libvirt_migrate() {  # NS DIR DEST-IP virsh-options...
   migrate "$@" --persistent --undefinesource; cat "$MIG_OUT"
@@ -191,6 +204,20 @@ mig_main() {
   step "A's domain names A's vGPU and A as holder" domain_names_local_vgpu hostA "$UA"
   step "its contexts keep going" still_rising hostA H_A
   step "hostB has no vGPU left" gone_from hostB
+
+  # B's vgpud hangs (SIGSTOP): B's hook gives up after its timeout and
+  # vetoes; libvirt cancels, and the guest and its vGPU run on A as before.
+  step "B's hook: 3 s timeout" "$HOOK" install --hooks-dir "$B/root/etc/libvirt/hooks" \
+    --socket "$WORK/hostB/control.sock" --state-dir "$WORK/hookstateB" --timeout 3
+  kill -STOP "${VGPUD_PIDS[1]}"
+  before=$(last_tick "$CON"); lines=$(wc -l < "$CON")
+  step "virsh migrate A -> B, B's vgpud hung" vetoed_migrate $NSA "$A" $IPB
+  kill -CONT "${VGPUD_PIDS[1]}"
+  step "guest still runs on A" bash -c "virsh -q -c '$UA' domstate $DOM | grep -x running"
+  step "guest went on (no reboot)" guest_resumed "$CON" "$lines" "$before"
+  step "vGPU still runs on hostA" runs_on hostA H_A
+  step "hostA started no migration" last_migrate_is hostA done
+  step "hostB has no vGPU" gone_from hostB
 
   echo
   say "hook calls, both hosts in time order:"
