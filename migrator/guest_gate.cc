@@ -117,16 +117,6 @@ class LibvirtGate final : public GuestGate {
 
 }  // namespace
 
-const char* GuestMoveName(GuestMove m) {
-  switch (m) {
-    case GuestMove::kRunning: return "running";
-    case GuestMove::kStopped: return "stopped";
-    case GuestMove::kLeft: return "left";
-    case GuestMove::kStayed: return "stayed";
-  }
-  return "?";
-}
-
 GuestMove JudgeDomain(const DomainObservation& o, bool* seen_job,
                       absl::Duration elapsed, absl::Duration grace,
                       std::string* why) {

@@ -27,7 +27,6 @@ enum class GuestMove {
   kStayed,   // its migration ended or never began and it runs (or died)
              // here: the vGPUs stay
 };
-const char* GuestMoveName(GuestMove m);
 
 class GuestGate {
  public:

@@ -69,12 +69,16 @@ class Vgpud {
     return false;
   }
 
-  // The job holding VM `vm` here ("" when none, or no such VM).
-  absl::StatusOr<std::string> JobOf(const std::string& vm) {
-    auto reply = Call(api_->listVmsRequest().send(), "list");
+  // The migration moving VM `vm` away from here ("" when none).
+  absl::StatusOr<std::string> LeavingWith(const std::string& vm) {
+    auto reply = Call(api_->jobsRequest().send(), "jobs");
     if (!reply.ok()) return reply.status();
-    for (auto v : reply->getVms()) {
-      if (vm == v.getName().cStr()) return std::string(v.getJob().cStr());
+    for (auto j : reply->getJobs()) {
+      if (vm == j.getVm().cStr() &&
+          std::string(j.getKind().cStr()) == "migrate" &&
+          std::string(j.getState().cStr()) == "running") {
+        return std::string(j.getId().cStr());
+      }
     }
     return std::string();
   }
@@ -346,7 +350,7 @@ absl::Status OnStoppedEnd(Context& c) {
   auto conn = c.Daemon();
   if (!conn.ok()) return conn.status();
   Vgpud* v = *conn;
-  auto job = v->JobOf(c.name());
+  auto job = v->LeavingWith(c.name());
   if (!job.ok()) return job.status();
   auto has = v->Has(c.name());
   if (!has.ok()) return has.status();
