@@ -148,6 +148,10 @@ absl::Status Follow(Session& session, const std::string& id, bool json_mode,
     auto st = reply->getStatus();
     seq = st.getSeq();
     std::string phase = st.getPhase();
+    // A migration following its guest (libvirt) says what it waits for.
+    if (st.getWaiting().size() > 0) {
+      phase = absl::StrCat(phase, ", waiting for ", st.getWaiting().cStr());
+    }
     if (tty) {
       // [####......] is the current round: what it set out to send.
       double rate = st.getRateBytesPerSec();
