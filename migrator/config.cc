@@ -271,12 +271,6 @@ absl::Status ParseTop(const json& j, Config* c) {
       f.Fail(f.Path("poll_ms"), absl::StrCat(ms, " is outside 100..600000"));
     }
     c->libvirt_poll_ms = static_cast<uint32_t>(ms);
-    int grace = static_cast<int>(c->libvirt_follow_grace_ms);
-    if (f.Int("follow_grace_ms", &grace) && (grace < 100 || grace > 3600000)) {
-      f.Fail(f.Path("follow_grace_ms"),
-             absl::StrCat(grace, " is outside 100..3600000"));
-    }
-    c->libvirt_follow_grace_ms = static_cast<uint32_t>(grace);
     f.Finish();
   }
   if (const json* p = top.Take("passthrough")) {

@@ -88,9 +88,6 @@ struct Config {
   // registers, polled every libvirt_poll_ms (empty uri: off).
   std::string libvirt_uri;
   uint32_t libvirt_poll_ms = 2000;
-  // A pull (libvirt migrating a guest whose vGPUs are here) gives up when
-  // no libvirt migration of the guest shows within this long.
-  uint32_t libvirt_follow_grace_ms = 30000;
   // What this host declares beyond what it detects (GPUs, API-forwarding
   // backends); merged into the HostProfile peers see.
   HostProfile declared;

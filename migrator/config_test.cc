@@ -207,8 +207,6 @@ TEST(ConfigTest, ErrorsNameTheKey) {
       {R"({"libvirt": {"poll_ms": 5}})",
        "libvirt.poll_ms: 5 is outside 100..600000"},
       {R"({"libvirt": {"url": "qemu:///system"}})", "libvirt.url: unknown key"},
-      {R"({"libvirt": {"follow_grace_ms": 99}})",
-       "libvirt.follow_grace_ms: 99 is outside 100..3600000"},
       {R"({"vms": [{"name": "a", "devices": [
            {"strategy": "emulation", "endpoint": "/s", "vram": 1}]}]})",
        "vms[0].devices[0].vram: unknown key"},
@@ -218,8 +216,7 @@ TEST(ConfigTest, ErrorsNameTheKey) {
   auto ok = ParseConfig(R"({"mediated": {"reference": {"type": "REF-8C",
       "instances": 2, "vram": "32M", "contexts": 8, "workload": "4M"}},
       "passthrough": {"sys_root": "/tmp/sys"},
-      "libvirt": {"uri": "qemu:///system", "poll_ms": 500,
-                  "follow_grace_ms": 5000},
+      "libvirt": {"uri": "qemu:///system", "poll_ms": 500},
       "forwarding": {"control": "unix:/run/vgpu/cl-control.sock",
                      "memory": "2G", "architecture": "pthread"},
       "vms": [{"name": "a", "devices": [
@@ -237,7 +234,6 @@ TEST(ConfigTest, ErrorsNameTheKey) {
   EXPECT_EQ(ok->sys_root, "/tmp/sys");
   EXPECT_EQ(ok->libvirt_uri, "qemu:///system");
   EXPECT_EQ(ok->libvirt_poll_ms, 500u);
-  EXPECT_EQ(ok->libvirt_follow_grace_ms, 5000u);
   EXPECT_EQ(ok->vms[0].devices[1].strategy, "directPassthrough");
   EXPECT_EQ(ok->forwarding_control, "unix:/run/vgpu/cl-control.sock");
   EXPECT_EQ(ok->forwarding_memory_bytes, 2ull << 30);

@@ -238,9 +238,7 @@ class DaemonImpl : public Daemon {
     };
     if (!config_.libvirt_uri.empty()) {
       env_.guest_gate = [this](const std::string& vm, GuestSide side) {
-        return NewLibvirtGate(
-            config_.libvirt_uri, vm,
-            absl::Milliseconds(config_.libvirt_follow_grace_ms), side);
+        return NewLibvirtGate(config_.libvirt_uri, vm, side);
       };
     }
 

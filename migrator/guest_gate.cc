@@ -4,7 +4,6 @@
 #include <libvirt/virterror.h>
 
 #include "absl/strings/str_cat.h"
-#include "absl/time/clock.h"
 
 namespace vgpu::migrator {
 namespace {
@@ -27,13 +26,8 @@ void Quiet(void*, virErrorPtr) {}
 class LibvirtGate final : public GuestGate {
  public:
   LibvirtGate(virConnectPtr conn, std::string uri, std::string domain,
-              absl::Duration grace, GuestSide side)
-      : conn_(conn),
-        uri_(std::move(uri)),
-        domain_(std::move(domain)),
-        grace_(grace),
-        side_(side),
-        start_(absl::Now()) {}
+              GuestSide side)
+      : conn_(conn), uri_(std::move(uri)), domain_(std::move(domain)), side_(side) {}
   ~LibvirtGate() override { virConnectClose(conn_); }
 
   absl::StatusOr<GuestMove> Poll(std::string* why) override {
@@ -47,10 +41,8 @@ class LibvirtGate final : public GuestGate {
     }
     if (!failed.ok()) return failed;
     std::string phrase;
-    GuestMove m = side_ == GuestSide::kSource
-                      ? JudgeDomain(o, &seen_job_, absl::Now() - start_,
-                                    grace_, &phrase)
-                      : JudgeArrival(o, &phrase);
+    GuestMove m = side_ == GuestSide::kSource ? JudgeDomain(o, &phrase)
+                                              : JudgeArrival(o, &phrase);
     if (why != nullptr) *why = absl::StrCat("domain ", domain_, " ", phrase);
     return m;
   }
@@ -74,9 +66,16 @@ class LibvirtGate final : public GuestGate {
         failed = Unreachable("querying");
       }
     } else {
-      virDomainJobInfo info{};
-      if (virDomainGetJobInfo(dom, &info) == 0) {
-        o->job = info.type != VIR_DOMAIN_JOB_NONE;
+      int type = VIR_DOMAIN_JOB_NONE;
+      virTypedParameterPtr params = nullptr;
+      int nparams = 0;
+      if (virDomainGetJobStats(dom, &type, &params, &nparams, 0) == 0) {
+        int op = VIR_DOMAIN_JOB_OPERATION_UNKNOWN;
+        virTypedParamsGetInt(params, nparams, VIR_DOMAIN_JOB_OPERATION, &op);
+        virTypedParamsFree(params, nparams);
+        // A save or dump is a job too, but not one the vGPUs follow.
+        o->migrating_out = type != VIR_DOMAIN_JOB_NONE &&
+                           op == VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT;
       } else {
         // Drivers without jobs (the test driver), inactive domains and an
         // incoming migration's destination report none.
@@ -109,18 +108,12 @@ class LibvirtGate final : public GuestGate {
   virConnectPtr conn_;
   const std::string uri_;
   const std::string domain_;
-  const absl::Duration grace_;
   const GuestSide side_;
-  const absl::Time start_;
-  bool seen_job_ = false;
 };
 
 }  // namespace
 
-GuestMove JudgeDomain(const DomainObservation& o, bool* seen_job,
-                      absl::Duration elapsed, absl::Duration grace,
-                      std::string* why) {
-  if (o.job) *seen_job = true;
+GuestMove JudgeDomain(const DomainObservation& o, std::string* why) {
   if (!o.exists) {
     *why = "is gone from this host";
     return GuestMove::kLeft;
@@ -144,22 +137,13 @@ GuestMove JudgeDomain(const DomainObservation& o, bool* seen_job,
     *why = absl::StrCat("is ", StateName(o.state), " without migrating");
     return GuestMove::kStayed;
   }
-  if (o.job) {
+  if (o.migrating_out) {
     *why = absl::StrCat("is ", StateName(o.state), ", its migration under way");
     return GuestMove::kRunning;
   }
-  if (*seen_job) {
-    *why = absl::StrCat("is ", StateName(o.state),
-                        " here: its migration ended without moving it");
-    return GuestMove::kStayed;
-  }
-  if (elapsed >= grace) {
-    *why = absl::StrCat("is ", StateName(o.state), " and no migration of it "
-                        "began within ", absl::FormatDuration(grace));
-    return GuestMove::kStayed;
-  }
-  *why = absl::StrCat("is ", StateName(o.state), ", its migration not begun");
-  return GuestMove::kRunning;
+  *why = absl::StrCat("is ", StateName(o.state),
+                      " here with no migration under way");
+  return GuestMove::kStayed;
 }
 
 GuestMove JudgeArrival(const DomainObservation& o, std::string* why) {
@@ -184,8 +168,7 @@ GuestMove JudgeArrival(const DomainObservation& o, std::string* why) {
 }
 
 absl::StatusOr<std::unique_ptr<GuestGate>> NewLibvirtGate(
-    const std::string& uri, const std::string& domain, absl::Duration grace,
-    GuestSide side) {
+    const std::string& uri, const std::string& domain, GuestSide side) {
   virSetErrorFunc(nullptr, Quiet);
   virConnectPtr conn = virConnectOpenReadOnly(uri.c_str());
   if (conn == nullptr) {
@@ -193,7 +176,7 @@ absl::StatusOr<std::unique_ptr<GuestGate>> NewLibvirtGate(
     return absl::UnavailableError(absl::StrCat(
         "libvirt ", uri, " (read-only): ", m != nullptr ? m : "unknown error"));
   }
-  auto gate = std::make_unique<LibvirtGate>(conn, uri, domain, grace, side);
+  auto gate = std::make_unique<LibvirtGate>(conn, uri, domain, side);
   if (side == GuestSide::kDestination) return gate;
   std::string why;
   auto first = gate->Poll(&why);
@@ -202,6 +185,11 @@ absl::StatusOr<std::unique_ptr<GuestGate>> NewLibvirtGate(
     return absl::NotFoundError(absl::StrCat(
         "libvirt ", uri, " has no running domain ", domain, " to follow (",
         why, ")"));
+  }
+  if (*first == GuestMove::kStayed) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "libvirt is not migrating ", domain, " away (", why,
+        "): its vGPUs go only where its guest goes"));
   }
   return gate;
 }

@@ -15,7 +15,6 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "absl/time/time.h"
 
 namespace vgpu::migrator {
 
@@ -24,8 +23,8 @@ enum class GuestMove {
   kStopped,  // paused for its migration's final copy: stop the vGPUs now
   kLeft,     // no longer runs here (moved, or running on the destination
              // after post-copy started): the vGPUs must follow
-  kStayed,   // its migration ended or never began and it runs (or died)
-             // here: the vGPUs stay
+  kStayed,   // its migration ended and it runs (or died) here: the vGPUs
+             // stay
 };
 
 class GuestGate {
@@ -42,15 +41,13 @@ struct DomainObservation {
   bool exists = true;
   int state = 0;   // virDomainState
   int reason = 0;  // its reason (virDomainPausedReason, ...)
-  bool job = false;  // an async job (a migration) runs on it
+  bool migrating_out = false;  // an outgoing migration job runs on it
 };
 
-// The verdict on one observation. `seen_job` remembers across calls that a
-// job was seen; a domain that runs without one after that, or that never
-// showed one within `grace` of the start (`elapsed`), stayed.
-GuestMove JudgeDomain(const DomainObservation& o, bool* seen_job,
-                      absl::Duration elapsed, absl::Duration grace,
-                      std::string* why);
+// The verdict on one observation from the source's side. A gate is made
+// only while libvirt migrates the domain away, so a domain that runs here
+// without that job any more stayed.
+GuestMove JudgeDomain(const DomainObservation& o, std::string* why);
 
 // The same from the destination's side: the guest arriving here. kLeft
 // once it runs here (libvirt resumed it: the migration succeeded), kStayed
@@ -61,10 +58,13 @@ GuestMove JudgeArrival(const DomainObservation& o, std::string* why);
 enum class GuestSide { kSource, kDestination };
 
 // Watches domain `domain` through a read-only connection to `uri`, from
-// the source's side (JudgeDomain, with `grace`) or the destination's
-// (JudgeArrival).
+// the source's side (JudgeDomain) or the destination's (JudgeArrival).
+// From the source's side, FAILED_PRECONDITION unless libvirt is migrating
+// the domain away now: a peer may pull a VM only while its guest leaves
+// (otherwise any host of the cluster could have a VM's vGPU state sent to
+// it); NOT_FOUND when the domain is not there.
 absl::StatusOr<std::unique_ptr<GuestGate>> NewLibvirtGate(
-    const std::string& uri, const std::string& domain, absl::Duration grace,
+    const std::string& uri, const std::string& domain,
     GuestSide side = GuestSide::kSource);
 
 }  // namespace vgpu::migrator

@@ -48,7 +48,8 @@ interface Peer {
   # migrating to it: this host starts a migration of the VM to the caller
   # that follows the guest (pre-copy until the guest pauses, confirm once
   # it has left), and answers once the caller is prepared (or refused,
-  # with the report). `job` is that migration's id here.
+  # with the report). Refused (FAILED_PRECONDITION) unless this host's
+  # libvirt is migrating the guest away now. `job` is that migration's id.
   pull @4 (vm :Text) -> (job :Text, error :C.Error, report :C.CompatReport);
 }
 
