@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "capnp/message.h"
 #include "migrator/internal/byte_pipe.h"
 #include "migrator/internal/rpc_link.h"
@@ -357,24 +358,72 @@ absl::StatusOr<CompatReport> CheckMove(const Env& env, const std::string& vm,
   return internal::GetReport(reply->getReport());
 }
 
+// Asks `from` for the VM; its migration job there, once this host is
+// prepared.
+absl::StatusOr<std::string> AskToPull(const Env& env, Job& job,
+                                      const std::string& vm,
+                                      const std::string& from) {
+  auto link = ConnectPeer(env, from);
+  if (!link.ok()) return link.status();
+  auto req = link->peer->pullRequest();
+  req.setVm(vm);
+  // The source attaches its agents, then this host prepares the devices.
+  auto reply = link->rpc->Wait(req.send(), env.peer_timeout + absl::Seconds(40),
+                               absl::StrCat("pull from ", from));
+  if (!reply.ok()) return reply.status();
+  if (auto s = GetError(reply->getError()); !s.ok()) {
+    CompatReport report = internal::GetReport(reply->getReport());
+    if (!report.rows.empty()) {
+      job.Update([&](JobData& d) { d.report = report; });
+    }
+    return s;
+  }
+  return std::string(reply->getJob().cStr());
+}
+
 void RunPull(const Env& env, Job& job, JobTable* jobs,
              const PullRequest& request) {
   LogFn log = JobLogger(env, job.id(), request.vm);
   job.Update([](JobData& d) { d.phase = Phase::kPrepare; });
-  auto link = ConnectPeer(env, request.from);
-  if (!link.ok()) return Fail(job, link.status(), false);
-  auto req = link->peer->pullRequest();
-  req.setVm(request.vm);
-  // The source attaches its agents, then this host prepares the devices.
-  auto reply = link->rpc->Wait(req.send(), env.peer_timeout + absl::Seconds(40),
-                               absl::StrCat("pull from ", request.from));
-  if (!reply.ok()) return Fail(job, reply.status(), false);
-  if (auto s = GetError(reply->getError()); !s.ok()) {
-    CompatReport report = internal::GetReport(reply->getReport());
-    job.Update([&](JobData& d) { d.report = report; });
-    return Fail(job, s, false);
+  // The host the domain's metadata names first, then every other peer: a
+  // source sends the VM only while its libvirt migrates the guest away, so
+  // exactly one accepts, and stale metadata (a domain started from an old
+  // definition) does not stand in the way.
+  std::vector<std::string> hosts;
+  if (!request.from.empty()) hosts.push_back(request.from);
+  for (const auto& [name, where] : env.config->peers) {
+    if (name != request.from && name != env.config->host) hosts.push_back(name);
   }
-  const std::string remote = reply->getJob();
+  if (hosts.empty()) {
+    return Fail(job,
+                absl::FailedPreconditionError(
+                    "no host to pull from: the domain's metadata names none "
+                    "and vgpud has no peers"),
+                false);
+  }
+  std::vector<std::string> refusals;
+  absl::StatusOr<std::string> asked = absl::UnknownError("not asked");
+  std::string from;
+  for (const std::string& host : hosts) {
+    asked = AskToPull(env, job, request.vm, host);
+    if (asked.ok()) {
+      from = host;
+      break;
+    }
+    refusals.push_back(absl::StrCat(host, ": ", asked.status().message()));
+    // A source that refused for compatibility is the source: no other
+    // host has the VM.
+    if (!job.Get().report.rows.empty()) return Fail(job, asked.status(), false);
+  }
+  if (!asked.ok()) {
+    return Fail(job,
+                absl::Status(hosts.size() == 1 ? asked.status().code()
+                                               : absl::StatusCode::kNotFound,
+                             absl::StrCat("no host sends ", request.vm, ": ",
+                                          absl::StrJoin(refusals, "; "))),
+                false);
+  }
+  const std::string remote = *asked;
   std::vector<std::string> endpoints;
   bool found = false;
   for (const auto& j : jobs->List()) {
@@ -387,15 +436,16 @@ void RunPull(const Env& env, Job& job, JobTable* jobs,
   if (!found) {
     return Fail(job,
                 absl::InternalError(absl::StrCat(
-                    request.from, " says its job ", remote,
+                    from, " says its job ", remote,
                     " prepared this host, but no incoming job here has it")),
                 false);
   }
   log(absl::StrFormat("pull: %s's job %s prepared %u device(s) here",
-                      request.from, remote, endpoints.size()));
+                      from, remote, endpoints.size()));
   job.Update([&](JobData& d) {
     d.endpoints = endpoints;
     d.remote_job = remote;
+    d.peer = from;
     d.phase = Phase::kDone;
     d.state = JobState::kDone;
     d.total_seconds = d.elapsed_seconds;

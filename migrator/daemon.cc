@@ -612,10 +612,8 @@ kj::Promise<void> ControlServer::pull(PullContext context) {
   req.from = p.getFrom();
   auto results = context.getResults();
   absl::Status s;
-  if (req.from == d_->config().host) {
-    s = absl::InvalidArgumentError(
-        absl::StrCat("cannot pull ", req.vm, " from this host itself"));
-  } else if (d_->inventory().Get(req.vm).ok()) {
+  if (req.from == d_->config().host) req.from.clear();  // ask the peers
+  if (d_->inventory().Get(req.vm).ok()) {
     s = absl::AlreadyExistsError(
         absl::StrCat(req.vm, " is already on ", d_->config().host));
   }

@@ -96,8 +96,17 @@ class MediatedBackend : public StrategyBackend {
           "this host's mediated GPU offers vGPU type ", options_.type,
           ", not ", s.getBoardType().cStr()));
     }
-    const std::string uuid = NewUuid();
+    // The source's UUID when it is free here, as a real host would create
+    // the mdev the domain names: a restore on the same host, or a move to a
+    // host that does not use it, keeps the domain's XML true. Otherwise a
+    // fresh one (libvirt's hook rewrites the domain to it).
+    std::string uuid = s.getInstanceId();
+    if (!IsMdevUuid(uuid)) uuid = NewUuid();
     auto dev = Create(uuid, /*workload=*/false);
+    if (!dev.ok() && dev.status().code() == absl::StatusCode::kAlreadyExists) {
+      uuid = NewUuid();
+      dev = Create(uuid, /*workload=*/false);
+    }
     if (!dev.ok()) return dev.status();
     auto agent = med::NewMediatedDestination(
         *dev, med::RefInfo((*dev)->config()), source);
@@ -204,6 +213,10 @@ class MediatedBackend : public StrategyBackend {
   absl::StatusOr<med::RefVgpu*> Create(const std::string& uuid,
                                        bool workload) {
     std::lock_guard<std::mutex> lock(mu_);
+    if (instances_.count(uuid)) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("mediated vGPU ", uuid, " exists on this host"));
+    }
     if (instances_.size() >= options_.instances) {
       return absl::ResourceExhaustedError(absl::StrFormat(
           "all %d %s instances of this host's reference GPU are in use",

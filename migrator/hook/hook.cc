@@ -89,10 +89,13 @@ class Vgpud {
     return std::string(reply->getHost().cStr());
   }
 
-  // Waits for a job to end; its error, if it failed. `endpoints` gets the
-  // job's device endpoints on this host.
-  absl::Status WaitJob(const std::string& job,
-                       std::vector<std::string>* endpoints = nullptr) {
+  // What a finished job says of its devices here and the other host.
+  struct JobEnd {
+    std::vector<std::string> endpoints;
+    std::string peer;
+  };
+  // Waits for a job to end; its error, if it failed.
+  absl::Status WaitJob(const std::string& job, JobEnd* end = nullptr) {
     uint64_t seq = 0;
     for (;;) {
       auto req = api_->watchRequest();
@@ -106,8 +109,9 @@ class Vgpud {
       seq = st.getSeq();
       const std::string state = st.getState();
       if (state == "done") {
-        if (endpoints != nullptr) {
-          for (auto e : st.getEndpoints()) endpoints->push_back(e);
+        if (end != nullptr) {
+          for (auto e : st.getEndpoints()) end->endpoints.push_back(e);
+          end->peer = st.getPeer();
         }
         return absl::OkStatus();
       }
@@ -243,33 +247,24 @@ absl::Status OnMigrateBegin(Context& c) {
     if (!here.ok()) return here.status();
     return RewriteForThisHost(c, *here, *host);
   }
-  const std::string& from = c.domain.source;
-  if (from.empty()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "the vGPU state of ", c.name(), " is not on ", *host,
-        " and the domain's metadata names no host to pull it from: run "
-        "`vgpu-migrate annotate ", c.name(), "` on the source first"));
-  }
-  if (from == *host) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "the metadata says ", *host, " holds the vGPUs of ", c.name(),
-        ", but its vgpud does not have them"));
-  }
+  // The host the metadata names is asked first; vgpud asks its other
+  // peers if that one does not send the VM (metadata from an older
+  // definition, or none).
   auto req = v->api().pullRequest();
   req.setVm(c.name());
-  req.setFrom(from);
+  req.setFrom(c.domain.source);
   auto started = v->Call(req.send(), "pull");
   if (!started.ok()) return started.status();
   if (auto s = GetError(started->getError()); !s.ok()) return s;
-  std::vector<std::string> here;
-  if (auto s = v->WaitJob(started->getJob(), &here); !s.ok()) {
-    return absl::Status(s.code(), absl::StrCat("pulling the vGPUs from ", from,
-                                               ": ", s.message()));
+  Vgpud::JobEnd end;
+  if (auto s = v->WaitJob(started->getJob(), &end); !s.ok()) {
+    return absl::Status(s.code(),
+                        absl::StrCat("pulling the vGPUs: ", s.message()));
   }
   absl::StrAppend(&c.result->err, "vgpu-libvirt-hook: ", c.name(),
-                  ": vGPUs follow the guest from ", from, " (", here.size(),
-                  " device(s) prepared here)\n");
-  return RewriteForThisHost(c, here, *host);
+                  ": vGPUs follow the guest from ", end.peer, " (",
+                  end.endpoints.size(), " device(s) prepared here)\n");
+  return RewriteForThisHost(c, end.endpoints, *host);
 }
 
 absl::Status OnRestoreBegin(Context& c) {

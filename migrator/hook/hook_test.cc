@@ -278,28 +278,25 @@ HookResult Hook(const std::string& domain, const std::string& op,
   return RunHook({domain, op, sub, "-"}, xml, o);
 }
 
-// The vGPU state is neither here nor anywhere the metadata names: the guest
-// must not arrive without it.
-TEST(Hook, MigrateBeginWithoutTheStateOrASourceIsRefused) {
-  HookResult r = Hook("vm1", "migrate", "begin",
-                      Domain("vm1", Mediated(DescriptorOf("REF-4C"))));
-  EXPECT_EQ(r.exit_code, 1);
-  EXPECT_THAT(r.err, HasSubstr("is not on h1 and the domain's metadata names "
-                               "no host to pull it from"));
-  EXPECT_THAT(r.err, HasSubstr("vgpu-migrate annotate vm1"));
-  EXPECT_EQ(r.out, "");
-  r = Hook("vm1", "migrate", "begin",
-           Domain("vm1", Mediated(DescriptorOf("REF-4C")), "h1"));
-  EXPECT_EQ(r.exit_code, 1);
-  EXPECT_THAT(r.err, HasSubstr("the metadata says h1 holds the vGPUs of vm1, "
-                               "but its vgpud does not have them"));
-  // A source nobody can reach: refused within the hook's time, with why.
-  r = Hook("vm1", "migrate", "begin",
-           Domain("vm1", Mediated(DescriptorOf("REF-4C")), "no-such-host.invalid"));
-  EXPECT_EQ(r.exit_code, 1);
-  EXPECT_THAT(r.err, HasSubstr("refused: pulling the vGPUs from "
-                               "no-such-host.invalid: peer no-such-host.invalid: cannot "
-                               "resolve"));
+// The vGPU state is neither here nor on any host that would send it: the
+// guest must not arrive without it. With no source in the metadata (or
+// this host, or one nobody can reach), vgpud asks its peers (h0 here),
+// and says what each answered.
+TEST(Hook, MigrateBeginWithoutTheStateAnywhereIsRefused) {
+  for (const std::string source : {"", "h1", "no-such-host.invalid"}) {
+    HookResult r = Hook("vm1", "migrate", "begin",
+                        Domain("vm1", Mediated(DescriptorOf("REF-4C")), source));
+    EXPECT_EQ(r.exit_code, 1) << source;
+    EXPECT_THAT(r.err, HasSubstr("vm1 migrate begin: refused: pulling the "
+                                 "vGPUs: no host sends vm1: "))
+        << source;
+    EXPECT_THAT(r.err, HasSubstr("h0: ")) << source;
+    EXPECT_EQ(r.out, "");
+    if (source == "no-such-host.invalid") {
+      EXPECT_THAT(r.err, HasSubstr("no-such-host.invalid: peer "
+                                   "no-such-host.invalid: cannot resolve"));
+    }
+  }
 }
 
 HookOptions SourceOptions() {
@@ -325,8 +322,8 @@ TEST(Hook, APullOfAGuestLibvirtIsNotMigratingIsRefused) {
                       Domain("test", Mediated(DescriptorOf("REF-4C")), "h0"));
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr(
-                         "refused: pulling the vGPUs from h0: libvirt is not "
-                         "migrating test away (domain test is running here "
+                         "refused: pulling the vGPUs: no host sends test: "
+                         "h0: libvirt is not migrating test away (domain test is running here "
                          "with no migration under way): its vGPUs go only "
                          "where its guest goes"));
   EXPECT_EQ(r.out, "");

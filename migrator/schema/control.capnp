@@ -130,11 +130,13 @@ interface Control {
   checkHere @17 (devices :List(D.DeviceDescriptor))
       -> (report :C.CompatReport, error :C.Error);
 
-  # Pull VM `vm` from host `from` (a peer) as the guest's own migration
-  # moves it (libvirt's live migration; the destination's hook calls this
-  # on `migrate begin`). `from` must have a libvirt connection: its
-  # migration pre-copies until libvirt pauses the guest and confirms once
-  # the guest has left it. The pull job is done when this host is
-  # prepared; its status names the new devices (`endpoints`).
+  # Pull VM `vm` as the guest's own migration moves it (libvirt's live
+  # migration; the destination's hook calls this on `migrate begin`), from
+  # host `from` (a peer; empty or this host: ask every peer, as only the
+  # one whose libvirt migrates the guest away sends it). The source needs
+  # a libvirt connection: its migration pre-copies until libvirt pauses
+  # the guest and confirms once the guest runs here. The pull job is done
+  # when this host is prepared; its status names the source (`peer`) and
+  # the new devices (`endpoints`).
   pull @18 (vm :Text, from :Text) -> (job :Text, error :C.Error);
 }

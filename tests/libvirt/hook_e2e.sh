@@ -66,6 +66,11 @@ sequences_carry_on() {
   echo "saved ${H1##*sequences } -> restored ${H2##*sequences }"
   (( $(seq_of "$H2") >= $(seq_of "$H1") ))
 }
+same_uuid() {  # VM
+  local ep; ep=$(vgpu_device "$WORK/vgpud.sock" "$1" endpoint)
+  echo "vgpud's instance $ep; the domain's $UUID"
+  [[ $ep == "$UUID" ]]
+}
 restart_vgpud_as() { stop_vgpud; start_vgpud "$1"; }
 restore_refused() {  # URI FILE
   local out
@@ -150,6 +155,7 @@ e2e() {
   step "guest resumed (no reboot)" guest_resumed "$CON" "$lines" "$before"
   step "vGPU restored, stamps intact" vm_runs_with_intact_stamps "$DOM" H2
   step "vGPU sequences carry on" sequences_carry_on
+  step "restored under the domain's mdev UUID" same_uuid "$DOM"
 
   step "virsh save again" vs save "$DOM" "$WORK/save2.img"
   step "vgpud restarted as REF-8C host" restart_vgpud_as REF-8C

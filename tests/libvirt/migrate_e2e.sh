@@ -23,6 +23,9 @@
 #      metadata now names B).
 #   6. B's vgpud hangs: B's hook vetoes after its timeout, libvirt cancels
 #      the migration, guest and vGPU keep running on A.
+#   7. The metadata names the wrong holder (B) and carries no descriptors:
+#      B's vgpud asks its peers, and A, whose libvirt migrates the guest,
+#      sends the vGPU; A -> B completes as in 2.
 #
 # Usage (root; from the repository root after building vgpud, vgpu-migrate
 # and vgpu-libvirt-hook): tests/libvirt/migrate_e2e.sh
@@ -68,17 +71,16 @@ runs_on() {  # HOST VAR
   echo -n "$1: "
   vgpu_wait_intact "$WORK/$1/control.sock" "$DOM" "$2"
 }
-# The domain on host H names H's own vGPU instance (the hook rewrote the
-# UUID) and H as the holder of the vGPU.
+# The domain on host H names H's own vGPU instance (the source's UUID,
+# free on H, or the one the hook rewrote it to) and H as the holder.
 domain_names_local_vgpu() {  # HOST URI
   local ep
   ep=$(vgpu_device "$WORK/$1/control.sock" "$DOM" endpoint)
-  echo "$1's instance $ep; the first host's $UUID_SRC"
-  [[ $ep != "$UUID_SRC" ]] || return 1
+  echo "$1's instance $ep"
+  [[ -n $ep ]] || return 1
   virsh -q -c "$2" dumpxml "$DOM" | grep -q "endpoint=\"$ep\"" || return 1
   virsh -q -c "$2" dumpxml "$DOM" | grep -o "source=\"$1\"" | head -n 1 | grep .
 }
-UUID_SRC=5a7c0f3e-1d2b-4e8f-9c6a-0b1d2e3f4a01
 gone_from() { [[ -z $(health_at "$1") ]] && echo "$1 has no $DOM"; }
 no_snapshot_on() { ! cli_at "$1" snapshots "$DOM" | grep -q libvirt-stopped; echo "no libvirt-stopped snapshot on $1"; }
 still_rising() {  # HOST VAR
@@ -218,6 +220,23 @@ mig_main() {
   step "vGPU still runs on hostA" runs_on hostA H_A
   step "hostA started no migration" last_migrate_is hostA done
   step "hostB has no vGPU" gone_from hostB
+
+  # Metadata that names the wrong holder (written by hand, as an older
+  # definition would carry) and no descriptors: B's vgpud asks its peers,
+  # and A, whose libvirt is migrating the guest, sends the vGPU.
+  step "B's hook: back to 60 s" "$HOOK" install --hooks-dir "$B/root/etc/libvirt/hooks" \
+    --socket "$WORK/hostB/control.sock" --state-dir "$WORK/hookstateB" --timeout 60
+  step "stale metadata (holder hostB)" virsh -q -c "$UA" metadata "$DOM" \
+    https://vgpu-migrate.dev/xmlns/libvirt/1 --key vgpu --live --config \
+    --set "<vm source='hostB'><device strategy='mediated' endpoint='$(vgpu_device "$WORK/hostA/control.sock" "$DOM" endpoint)'/></vm>"
+  before=$(last_tick "$CON"); lines=$(wc -l < "$CON")
+  step "virsh migrate --live A -> B (stale metadata)" libvirt_migrate $NSA "$A" $IPB --live
+  step "guest resumed on B (no reboot)" guest_resumed "$CON" "$lines" "$before"
+  step "the vGPU followed from hostA" followed hostA
+  step "libvirt's own figures (B, again)" jobinfo "$B"
+  step "vGPU runs on hostB" runs_on hostB H_B
+  step "B's domain names B's vGPU and B as holder" domain_names_local_vgpu hostB "$UB"
+  step "hostA has no vGPU left" gone_from hostA
 
   echo
   say "hook calls, both hosts in time order:"
