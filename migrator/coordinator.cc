@@ -487,9 +487,21 @@ void RunMigration(const Env& env, Job& job, const MigrateRequest& request) {
   // Declared after the link: capabilities must go before its event loop.
   PeerLink link;
   std::unique_ptr<schema::Incoming::Client> incoming;
+  // What the guest does, when the migration follows it (libvirt's).
+  GuestMove guest = GuestMove::kRunning;
   auto abort = [&](absl::Status why) {
     log(absl::StrCat("aborting: ", why.ToString()));
     bool resumed = set.Resume(log);
+    if (request.follow != nullptr && guest != GuestMove::kLeft &&
+        guest != GuestMove::kStayed) {
+      // The vGPUs stay here, so the guest must too: cancel its migration.
+      absl::Status c = request.follow->CancelGuestMove();
+      log(c.ok() ? std::string("the guest's migration is cancelled: it stays "
+                               "here with its vGPUs")
+                 : absl::StrCat("could not cancel the guest's migration (",
+                                c.message(), "): if it completes, the guest "
+                                "runs there without its vGPUs, which run here"));
+    }
     if (incoming != nullptr && link.rpc != nullptr) {
       auto req = incoming->abortRequest();
       req.setReason(std::string(why.message()));
@@ -664,7 +676,6 @@ void RunMigration(const Env& env, Job& job, const MigrateRequest& request) {
   // Following the guest's own migration: the vGPUs run on (kept nearly
   // copied by a round whenever the pending bytes outgrow the budget) until
   // the guest stops for its final copy.
-  GuestMove guest = GuestMove::kRunning;
   auto poll_guest = [&](absl::Duration keepalive, bool keep_copying,
                         const std::function<bool(GuestMove)>& done)
       -> absl::Status {

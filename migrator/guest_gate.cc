@@ -47,6 +47,23 @@ class LibvirtGate final : public GuestGate {
     return m;
   }
 
+  absl::Status CancelGuestMove() override {
+    // The only write vgpud makes to libvirt, on a connection of its own
+    // for the moment it takes.
+    virConnectPtr rw = virConnectOpen(uri_.c_str());
+    if (rw == nullptr) return Unreachable("opening read-write to cancel");
+    absl::Status s;
+    virDomainPtr dom = virDomainLookupByName(rw, domain_.c_str());
+    if (dom == nullptr) {
+      s = Unreachable("looking up");
+    } else {
+      if (virDomainAbortJob(dom) != 0) s = Unreachable("cancelling the job of");
+      virDomainFree(dom);
+    }
+    virConnectClose(rw);
+    return s;
+  }
+
  private:
   absl::Status Observe(DomainObservation* o) {
     *o = DomainObservation();

@@ -34,6 +34,9 @@ class GuestGate {
   // ("domain vm1 is paused for migration"). An error means the guest
   // cannot be observed (its hypervisor is unreachable).
   virtual absl::StatusOr<GuestMove> Poll(std::string* why) = 0;
+  // The vGPUs cannot follow (their migration failed): asks the hypervisor
+  // to cancel the guest's migration, so that guest and vGPUs stay together.
+  virtual absl::Status CancelGuestMove() = 0;
 };
 
 // One observation of a libvirt domain, as libvirt reports it.

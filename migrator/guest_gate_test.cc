@@ -104,6 +104,11 @@ TEST(GuestGate, LibvirtGateWatchesARealDomain) {
   ASSERT_TRUE(now.ok()) << now.status();
   EXPECT_EQ(*now, GuestMove::kLeft) << why;
   EXPECT_EQ(why, "domain test runs on the destination");
+  // No migration to cancel (and no jobs in the test driver): said plainly.
+  absl::Status cancel = (*arrived)->CancelGuestMove();
+  EXPECT_FALSE(cancel.ok());
+  EXPECT_THAT(std::string(cancel.message()),
+              HasSubstr("cancelling the job of domain test"));
 
   auto none = NewLibvirtGate("test:///default", "no-such-vm");
   ASSERT_FALSE(none.ok());

@@ -26,6 +26,9 @@
 #   7. The metadata names the wrong holder (B) and carries no descriptors:
 #      B's vgpud asks its peers, and A, whose libvirt migrates the guest,
 #      sends the vGPU; A -> B completes as in 2.
+#   8. B -> A with A's vgpud killed (-9) while the guest's memory is
+#      copied: B's vGPU migration fails, B cancels libvirt's migration, and
+#      guest and vGPU stay on B.
 #
 # Usage (root; from the repository root after building vgpud, vgpu-migrate
 # and vgpu-libvirt-hook): tests/libvirt/migrate_e2e.sh
@@ -115,6 +118,22 @@ vetoed_migrate() {  # NS DIR DEST-IP
   fi
   echo "refused after $(since "$t0") s: $(grep -oE 'vgpu-libvirt-hook: .*' "$WORK/vetoed.out" | head -n 1 | cut -c1-160)"
   grep -q 'no answer within' "$WORK/vetoed.out"
+}
+# A migration whose destination vgpud is killed (-9) once the source's
+# vGPU waits for the guest to stop: virsh must fail.
+migrate_and_kill() {  # NS DIR DEST-IP SOURCE-HOST DEST-VGPUD-INDEX
+  ip netns exec "$1" virsh -c "$(lv_uri "$2")" migrate --live "$DOM" \
+    "qemu+tcp://$3/system" --migrateuri "tcp://$3" >"$WORK/killed.out" 2>&1 &
+  local vp=$! killed=""
+  for _ in $(seq 1 500); do
+    if cli_at "$4" --json jobs | grep -q '"waiting": "the guest to stop"'; then
+      kill -9 "${VGPUD_PIDS[$5]}"; killed=1; break
+    fi
+    sleep 0.02
+  done
+  if wait "$vp"; then echo "the migration succeeded"; return 1; fi
+  [[ -n $killed ]] || { echo "never saw $4 wait for the guest"; return 1; }
+  echo "killed the destination's vgpud; virsh: $(grep -v '^$' "$WORK/killed.out" | tail -n 1)"
 }
 libvirt_migrate() {  # NS DIR DEST-IP virsh-options...
   migrate "$@" --persistent --undefinesource; cat "$MIG_OUT"
@@ -237,6 +256,15 @@ mig_main() {
   step "vGPU runs on hostB" runs_on hostB H_B
   step "B's domain names B's vGPU and B as holder" domain_names_local_vgpu hostB "$UB"
   step "hostA has no vGPU left" gone_from hostA
+
+  # The vGPU cannot follow (A's vgpud killed while the guest's memory is
+  # copied): B cancels libvirt's migration, and guest and vGPU stay on B.
+  before=$(last_tick "$CON"); lines=$(wc -l < "$CON")
+  step "virsh migrate B -> A, A's vgpud killed mid-copy" migrate_and_kill $NSB "$B" $IPA hostB 0
+  step "hostB cancelled the guest's migration" bash -c "grep -E 'aborting|migration is cancelled' '$WORK/hostB/vgpud.log' | tail -n 2 | sed 's/^[^ ]* vgpud [^:]*: //'; grep -q 'the guest.s migration is cancelled' '$WORK/hostB/vgpud.log'"
+  step "guest still runs on B" bash -c "virsh -q -c '$UB' domstate $DOM | grep -x running"
+  step "guest went on (no reboot)" guest_resumed "$CON" "$lines" "$before"
+  step "vGPU still runs on hostB" runs_on hostB H_B
 
   echo
   say "hook calls, both hosts in time order:"
