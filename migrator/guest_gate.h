@@ -2,9 +2,10 @@
 // CPU state; vgpud moves its vGPUs. When libvirt drives the move (the
 // destination's hook asks its vgpud to pull the vGPUs), the vGPU migration
 // keeps pre-copying while the guest runs, stops the vGPUs when libvirt
-// pauses the guest for its final copy, and commits only once the guest has
-// left this host; if the guest's migration fails and it runs on here, the
-// vGPUs resume here too. So guest and vGPUs end up on the same host.
+// pauses the guest for its final copy, and commits only once the guest
+// runs on the destination (or has left this host). If the guest's
+// migration fails, the vGPUs resume here too; if theirs fails first, the
+// guest's is cancelled. So guest and vGPUs end up on the same host.
 //
 // A GuestGate answers "what is the guest doing now?"; the coordinator polls
 // it from the job's thread. NewLibvirtGate watches a libvirt domain.
