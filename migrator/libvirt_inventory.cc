@@ -35,6 +35,13 @@ bool SameDevices(const std::vector<VmDevice>& a,
 
 }  // namespace
 
+bool DomainIsDormant(bool active, int state, int reason) {
+  if (!active) return true;
+  return state == VIR_DOMAIN_PAUSED &&
+         (reason == VIR_DOMAIN_PAUSED_MIGRATION ||
+          reason == VIR_DOMAIN_PAUSED_STARTING_UP);
+}
+
 absl::StatusOr<VmEntry> VmFromDomainXml(const std::string& xml) {
   auto d = hook::ReadDomain(xml);
   if (!d.ok()) return d.status();
@@ -119,7 +126,10 @@ absl::StatusOr<std::vector<VmEntry>> LibvirtSource::Scan() {
       // A shut-off domain's vGPUs run nowhere: registering them would make
       // instances for them (and stand in the way of `virsh restore`,
       // whose hook brings back their saved state).
-      vm->dormant = virDomainIsActive(doms[i]) != 1;
+      int state = VIR_DOMAIN_NOSTATE, reason = 0;
+      virDomainGetState(doms[i], &state, &reason, 0);
+      vm->dormant =
+          DomainIsDormant(virDomainIsActive(doms[i]) == 1, state, reason);
       out.push_back(std::move(*vm));
     }
     virDomainFree(doms[i]);

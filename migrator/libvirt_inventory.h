@@ -31,6 +31,11 @@ namespace vgpu::migrator {
 // domain has no vGPUs. INVALID_ARGUMENT for XML that does not read.
 absl::StatusOr<VmEntry> VmFromDomainXml(const std::string& xml);
 
+// Whether a libvirt domain's vGPUs are dormant (VmEntry::dormant): it is
+// shut off, or an incoming migration's domain still waiting for its state
+// (its vGPUs arrive through vgpud, or not at all).
+bool DomainIsDormant(bool active, int state, int reason);
+
 // Where an InventoryWatcher learns VMs from: every VM it sees now.
 class VmSource {
  public:

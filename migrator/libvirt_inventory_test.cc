@@ -149,6 +149,21 @@ TEST(LibvirtInventory, ShutOffDomainsAreDormant) {
   virConnectClose(rw);
 }
 
+// An incoming migration's domain waits paused for its state: its vGPUs
+// arrive through vgpud (or not at all), so the watcher must not make
+// blank ones for it, nor for a shut-off domain. A domain paused by a user
+// is an ordinary VM. (An outgoing migration's last copy pauses the source
+// domain the same way; dormant keeps a registered VM registered.)
+TEST(LibvirtInventory, DormantDomains) {
+  EXPECT_TRUE(DomainIsDormant(false, VIR_DOMAIN_SHUTOFF, 0));
+  EXPECT_TRUE(DomainIsDormant(true, VIR_DOMAIN_PAUSED,
+                              VIR_DOMAIN_PAUSED_STARTING_UP));
+  EXPECT_TRUE(
+      DomainIsDormant(true, VIR_DOMAIN_PAUSED, VIR_DOMAIN_PAUSED_MIGRATION));
+  EXPECT_FALSE(DomainIsDormant(true, VIR_DOMAIN_RUNNING, 1));
+  EXPECT_FALSE(DomainIsDormant(true, VIR_DOMAIN_PAUSED, VIR_DOMAIN_PAUSED_USER));
+}
+
 TEST(LibvirtInventory, WritesTheMetadataWithDescriptors) {
   auto src = LibvirtSource::Open(Node({DomainXml("vm1", Mdev(kU1), 1)}),
                                  /*read_only=*/false);
