@@ -120,7 +120,16 @@ absl::Status DecodeIntoBuilder(
   kj::Maybe<kj::Exception> error = kj::runCatchingExceptions([&] {
     capnp::FlatArrayMessageReader reader(aligned, options);
     copy(reader, out);
-    int64_t budget = static_cast<int64_t>(options.traversalLimitInWords);
+    // The walk's budget follows the size of the copy, not of the input:
+    // the copy is what gets encoded again (a session log, an image), and
+    // its bytes must pass this same check when they are read back. Slack
+    // in the input must not buy a message a budget its own encoding lacks.
+    uint64_t copied_words = 0;
+    for (auto segment : out.getSegmentsForOutput()) {
+      copied_words += segment.size();
+    }
+    int64_t budget = static_cast<int64_t>(
+        uint64_t{limits.traversal_factor} * copied_words + 64);
     Walk(out.getRoot<capnp::DynamicStruct>(schema).asReader(), &budget);
   });
   KJ_IF_MAYBE(e, error) {

@@ -3,6 +3,10 @@
 #include <CL/cl.h>
 
 #include <string>
+#include <vector>
+
+#include "absl/strings/escaping.h"
+#include "agents/forwarding/frame.h"
 
 #include "gtest/gtest.h"
 
@@ -253,6 +257,37 @@ TEST(SessionLogTest, EncodeDecodeRoundTripAndBoundedDecoding) {
   ASSERT_FALSE(refused.ok());
   EXPECT_NE(refused.status().message().find("never holds"), std::string::npos)
       << refused.status();
+}
+
+// Found by cl_request_fuzzer: a request whose frame carried slack (its
+// message was larger than its own encoding) decoded at the door, but the
+// log's copy of it was judged "too complex" when read back, so the
+// session's checkpoint could not be restored. A decoder now budgets a
+// message by its own encoding: whatever the door lets in, the log reads
+// back.
+TEST(SessionLogTest, WhatTheDoorAcceptsTheLogReadsBack) {
+  std::string bytes;
+  ASSERT_TRUE(absl::Base64Unescape("VkNMMXAAAAAAAAAAAAAAAAAAAAANAAAAAAAAAAcABAABAAAAAAAAAAYAAAAAAAAAAAAB//oAAAAAAAAAAAAAAAAAAAAAAAAAAAkAAAAAAAAAAAAAAAAEAAEAAAAwAQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", &bytes));
+  const auto* data = reinterpret_cast<const uint8_t*>(bytes.data());
+  SessionLog log;
+  size_t off = 0;
+  while (bytes.size() - off >= kFrameHeaderBytes) {
+    auto h = DecodeFrameHeader(data + off);
+    if (!h.ok()) break;
+    off += kFrameHeaderBytes;
+    if (h->message_bytes > bytes.size() - off) break;
+    auto msg = codec::DecodeMessage<proto::Request>(
+        absl::MakeConstSpan(data + off, h->message_bytes), FrameLimits());
+    off += h->message_bytes;
+    const uint64_t payload = std::min<uint64_t>(h->payload_bytes,
+                                                bytes.size() - off);
+    off += payload;
+    if (msg.ok()) log.Record(msg->root(), payload);
+  }
+  const std::vector<ReplayCall> calls = log.Replay();
+  auto back = SessionLog::Decode(SessionLog::Encode(calls));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->size(), calls.size());
 }
 
 }  // namespace
