@@ -359,10 +359,10 @@ absl::StatusOr<CompatReport> CheckMove(const Env& env, const std::string& vm,
 }
 
 // Asks `from` for the VM; its migration job there, once this host is
-// prepared.
-absl::StatusOr<std::string> AskToPull(const Env& env, Job& job,
-                                      const std::string& vm,
-                                      const std::string& from) {
+// prepared. A refusal for compatibility leaves its report in `report`.
+absl::StatusOr<std::string> AskToPull(const Env& env, const std::string& vm,
+                                      const std::string& from,
+                                      CompatReport* report) {
   auto link = ConnectPeer(env, from);
   if (!link.ok()) return link.status();
   auto req = link->peer->pullRequest();
@@ -372,10 +372,7 @@ absl::StatusOr<std::string> AskToPull(const Env& env, Job& job,
                                absl::StrCat("pull from ", from));
   if (!reply.ok()) return reply.status();
   if (auto s = GetError(reply->getError()); !s.ok()) {
-    CompatReport report = internal::GetReport(reply->getReport());
-    if (!report.rows.empty()) {
-      job.Update([&](JobData& d) { d.report = report; });
-    }
+    *report = internal::GetReport(reply->getReport());
     return s;
   }
   return std::string(reply->getJob().cStr());
@@ -405,7 +402,8 @@ void RunPull(const Env& env, Job& job, JobTable* jobs,
   absl::StatusOr<std::string> asked = absl::UnknownError("not asked");
   std::string from;
   for (const std::string& host : hosts) {
-    asked = AskToPull(env, job, request.vm, host);
+    CompatReport report;
+    asked = AskToPull(env, request.vm, host, &report);
     if (asked.ok()) {
       from = host;
       break;
@@ -413,7 +411,10 @@ void RunPull(const Env& env, Job& job, JobTable* jobs,
     refusals.push_back(absl::StrCat(host, ": ", asked.status().message()));
     // A source that refused for compatibility is the source: no other
     // host has the VM.
-    if (!job.Get().report.rows.empty()) return Fail(job, asked.status(), false);
+    if (!report.rows.empty()) {
+      job.Update([&](JobData& d) { d.report = report; });
+      return Fail(job, asked.status(), false);
+    }
   }
   if (!asked.ok()) {
     return Fail(job,

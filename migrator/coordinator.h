@@ -79,7 +79,9 @@ struct MigrateRequest {
 
 struct PullRequest {
   std::string vm;
-  std::string from;  // peer host name holding the VM
+  // The peer to ask first (the domain's metadata names it); the other
+  // peers follow. Empty: ask every peer.
+  std::string from;
 };
 
 // Job bodies: each runs to the end and records the outcome in `job`.

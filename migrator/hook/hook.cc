@@ -59,14 +59,26 @@ class Vgpud {
 
   Control::Client& api() { return *api_; }
 
-  // Whether vgpud has a VM of that name.
-  absl::StatusOr<bool> Has(const std::string& vm) {
+  // The endpoints of VM `vm`'s devices here, in order; nullopt when vgpud
+  // does not have the VM.
+  absl::StatusOr<std::optional<std::vector<std::string>>> Devices(
+      const std::string& vm) {
     auto reply = Call(api_->listVmsRequest().send(), "list");
     if (!reply.ok()) return reply.status();
     for (auto v : reply->getVms()) {
-      if (vm == v.getName().cStr()) return true;
+      if (vm != v.getName().cStr()) continue;
+      std::vector<std::string> out;
+      for (auto d : v.getDevices()) out.push_back(d.getEndpoint());
+      return std::optional<std::vector<std::string>>(std::move(out));
     }
-    return false;
+    return std::optional<std::vector<std::string>>();
+  }
+
+  // Whether vgpud has a VM of that name.
+  absl::StatusOr<bool> Has(const std::string& vm) {
+    auto devices = Devices(vm);
+    if (!devices.ok()) return devices.status();
+    return devices->has_value();
   }
 
   // The migration moving VM `vm` away from here ("" when none).
@@ -214,19 +226,6 @@ absl::Status RewriteForThisHost(Context& c, const std::vector<std::string>& here
   return absl::OkStatus();
 }
 
-// The endpoints of VM `name`'s devices in vgpud here, in order.
-absl::StatusOr<std::vector<std::string>> EndpointsHere(Vgpud* v,
-                                                       const std::string& name) {
-  auto reply = v->Call(v->api().listVmsRequest().send(), "list");
-  if (!reply.ok()) return reply.status();
-  std::vector<std::string> out;
-  for (auto vm : reply->getVms()) {
-    if (name != vm.getName().cStr()) continue;
-    for (auto d : vm.getDevices()) out.push_back(d.getEndpoint());
-  }
-  return out;
-}
-
 // An incoming migration. Either the vGPU state already arrived
 // (`vgpu-migrate --to` ran first), or this host pulls it from the host the
 // metadata names: that host's vgpud pre-copies while libvirt copies the
@@ -240,13 +239,9 @@ absl::Status OnMigrateBegin(Context& c) {
   Vgpud* v = *conn;
   auto host = v->HostName();
   if (!host.ok()) return host.status();
-  auto has = v->Has(c.name());
-  if (!has.ok()) return has.status();
-  if (*has) {
-    auto here = EndpointsHere(v, c.name());
-    if (!here.ok()) return here.status();
-    return RewriteForThisHost(c, *here, *host);
-  }
+  auto here = v->Devices(c.name());
+  if (!here.ok()) return here.status();
+  if (here->has_value()) return RewriteForThisHost(c, **here, *host);
   // The host the metadata names is asked first; vgpud asks its other
   // peers if that one does not send the VM (metadata from an older
   // definition, or none).
